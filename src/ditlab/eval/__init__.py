@@ -1,0 +1,1 @@
+"""Evaluation: sample-quality measures."""

@@ -1,0 +1,227 @@
+"""Layers shared by the backbones.
+
+Module and parameter names follow the official code (which used timm's names: ``qkv``, ``proj``, ``fc1``,
+``fc2``, ``proj`` inside ``PatchEmbed``), so state dicts load with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# ----------------------------------------------------------------------------
+# Modulation and positional tables.
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN modulation ``x * (1 + scale) + shift`` with (N, D) shift/scale broadcast over tokens."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def sincos_1d(embed_dim: int, positions: Tensor) -> Tensor:
+    """MAE's 1-D table: ``[sin(pos * w), cos(pos * w)]`` with ``w_k = 10000^(-k / (D/2))``, in float64."""
+    if embed_dim % 2:
+        raise ValueError(f"sin-cos embedding needs an even dimension, got {embed_dim}")
+    omega = torch.arange(embed_dim // 2, dtype=torch.float64) / (embed_dim / 2.0)
+    omega = 1.0 / 10000**omega
+    out = positions.reshape(-1).to(torch.float64)[:, None] * omega[None]  # (M, D/2)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+
+def sincos_2d(embed_dim: int, grid_size: int) -> Tensor:
+    """The fixed 2-D table of the official code, (grid_size**2, embed_dim) float32.
+
+    As in MAE/DiT, the first half of the channels encodes the *column* index (numpy ``meshgrid(w, h)`` puts
+    the w coordinate first) and the second half the row index; tokens are in row-major order.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"2-D sin-cos embedding needs a dimension divisible by 4, got {embed_dim}")
+    coords = torch.arange(grid_size, dtype=torch.float32)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    emb = torch.cat([sincos_1d(embed_dim // 2, cols), sincos_1d(embed_dim // 2, rows)], dim=1)
+    return emb.float()
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal timestep features ``[cos(t w), sin(t w)]`` (cos first), ``w_k = max_period^(-k / half)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[:, None].float() * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+# ----------------------------------------------------------------------------
+# Embedders.
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar timesteps -> vectors: sinusoid (256 frequencies) then ``Linear -> SiLU -> Linear``."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, max_period: float = 10000.0):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+        self.frequency_embedding_size = frequency_embedding_size
+        self.max_period = max_period
+
+    def forward(self, t: Tensor) -> Tensor:
+        t_freq = timestep_embedding(t, self.frequency_embedding_size, self.max_period)
+        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class labels -> vectors, with label dropout for classifier-free guidance.
+
+    The table has one extra row (id ``num_classes``) for the null class when ``dropout_prob > 0``.
+    """
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        use_cfg_embedding = dropout_prob > 0
+        self.embedding_table = nn.Embedding(num_classes + use_cfg_embedding, hidden_size)
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+
+    def token_drop(self, labels: Tensor, force_drop_ids: Tensor | None = None) -> Tensor:
+        """Replace labels by the null class: at random (prob ``dropout_prob``) or where ``force_drop_ids == 1``."""
+        if force_drop_ids is None:
+            # One torch.rand draw, exactly as the official code, so seeded runs drop the same labels.
+            drop_ids = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+        else:
+            drop_ids = force_drop_ids == 1
+        return torch.where(drop_ids, self.num_classes, labels)
+
+    def forward(self, labels: Tensor, train: bool, force_drop_ids: Tensor | None = None) -> Tensor:
+        if (train and self.dropout_prob > 0) or force_drop_ids is not None:
+            labels = self.token_drop(labels, force_drop_ids)
+        return self.embedding_table(labels)
+
+
+class PatchEmbed(nn.Module):
+    """Image (N, C, H, W) -> tokens (N, H/p * W/p, D) with a stride-p convolution (timm's ``PatchEmbed``)."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, bias: bool = True):
+        super().__init__()
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (N, D, h, w) -> (N, h*w, D)
+
+
+# ----------------------------------------------------------------------------
+# Transformer parts.
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, fused: bool = True) -> Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v on (N, heads, L, head_dim) tensors.
+
+    ``fused`` goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU); the
+    explicit softmax is the official code's formula, kept to check equality and for flop-free debugging.
+    """
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    if bias is not None:
+        scores = scores + bias
+    return scores.softmax(dim=-1) @ v
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection (q, k, v order) and output ``proj``."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden_size {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.fused = True
+
+    def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        n, length, dim = x.shape
+        qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (N, heads, L, head_dim)
+        x = attention(q, k, v, bias, self.fused)
+        return self.proj(x.transpose(1, 2).reshape(n, length, dim))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from image tokens (queries) to a short context sequence (keys/values)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.fused = True
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        n, length, dim = x.shape
+        q = self.q(x).reshape(n, length, self.num_heads, self.head_dim).transpose(1, 2)
+        kv = self.kv(context).reshape(n, context.shape[1], 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        x = attention(q, kv[0], kv[1], None, self.fused)
+        return self.proj(x.transpose(1, 2).reshape(n, length, dim))
+
+
+class Mlp(nn.Module):
+    """``fc1 -> GELU(tanh) -> fc2`` (timm's ``Mlp`` as the official DiT configures it)."""
+
+    def __init__(self, in_features: int, hidden_features: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class FinalLayer(nn.Module):
+    """adaLN final layer: ``LayerNorm -> modulate(shift, scale) -> Linear(D, p*p*out_channels)``."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+def unpatchify(x: Tensor, patch_size: int, channels: int) -> Tensor:
+    """Tokens (N, h*w, p*p*C) -> image (N, C, h*p, w*p); channel is the fastest index within a token."""
+    n, length, _ = x.shape
+    h = w = int(length**0.5)
+    if h * w != length:
+        raise ValueError(f"cannot unpatchify {length} tokens into a square grid")
+    x = x.reshape(n, h, w, patch_size, patch_size, channels)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(n, channels, h * patch_size, w * patch_size)
+
+
+def xavier_init_linears(module: nn.Module) -> None:
+    """The official basic init: xavier-uniform weights and zero biases for every ``nn.Linear``."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)

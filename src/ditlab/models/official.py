@@ -1,0 +1,388 @@
+"""Loading the official checkpoints: unpickle safely, find the weights, check every key, then load strictly.
+
+The released DiT files (``DiT-XL-2-256x256.pt``, ``DiT-XL-2-512x512.pt``) are raw EMA state dicts;
+checkpoints written by the official ``train.py`` are ``{"model", "ema", "opt", "args"}`` dicts, whose EMA
+weights are the ones to sample with. Our module tree has the official names, so no key is renamed: the only
+changes are the documented ones per family (a :class:`CheckpointLayout`) and wrapper prefixes (``module.``,
+``_orig_mod.``).
+
+Every file goes through ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary
+code from a pickle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import pickle
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import FAMILIES, create_model
+from .dit import DiT, DiTConfig
+
+# ----------------------------------------------------------------------------
+# Reading a file into a flat state dict.
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """Where one family's official checkpoints keep the weights the model loads.
+
+    ``containers`` are dict keys tried in order on a checkpoint that is not itself a state dict (DiT
+    train.py: ``"ema"``; a Lightning ``.ckpt``: ``"state_dict"``). ``prefix``, when set, selects the keys
+    that start with it and strips it (DDT: ``"ema_denoiser."`` inside the Lightning ``state_dict``, which
+    also holds the raw ``denoiser.`` weights).
+    """
+
+    containers: tuple[str, ...] = ()
+    prefix: str = ""
+
+
+# The official DiT train.py saves {"model", "ema", "opt", "args"}; sample.py's find_model takes "ema".
+LAYOUTS: dict[str, CheckpointLayout] = {
+    "DiT": CheckpointLayout(containers=("ema",)),
+}
+
+# Prefixes added by wrappers rather than by the model: DDP/DataParallel and torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+@contextlib.contextmanager
+def _allow_train_script_args() -> Iterator[None]:
+    """Let ``weights_only`` unpickle ``argparse.Namespace``, kept in "args" by official train.py.
+
+    A Namespace is a plain attribute bag and its values there are strings and numbers, so allowing it keeps
+    the guarantee (no code runs) while train.py files load without asking the user to trust them. Scoped to
+    this load where torch has ``safe_globals`` (2.5+); on 2.4 the allow-list entry is global, equally benign.
+    """
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    if scoped is None:
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        yield
+        return
+    with scoped([argparse.Namespace]):
+        yield
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``, refusing unsafe pickles readably."""
+    try:
+        with _allow_train_script_args():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        culprit = f" ({found.group(1)})" if found else ""
+        raise pickle.UnpicklingError(
+            f"{path} holds a Python object{culprit} that torch.load(weights_only=True) refuses to unpickle: "
+            "ditlab loads only tensors and plain containers, never code from a checkpoint. If you trust the "
+            "file, re-save just its tensors: torch.save(torch.load(path, weights_only=False)['ema'], out)."
+        ) from err
+
+
+def _read_file(path: Path) -> Any:
+    """The object stored in a ``.safetensors`` file (a flat dict) or a torch pickle (anything tensor-like)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    return _torch_load(path)
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
+
+
+def extract_state_dict(checkpoint: Any, layout: CheckpointLayout, source: str = "file") -> dict[str, Tensor]:
+    """The flat ``{key: tensor}`` weights inside a loaded checkpoint, following ``layout``.
+
+    A raw state dict is taken as is; otherwise the first of ``layout.containers`` present is used.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{source} holds a {type(checkpoint).__name__}, not a state dict or checkpoint dict")
+    if not _is_state_dict(checkpoint):
+        container = next((k for k in layout.containers if k in checkpoint), None)
+        if container is None or not _is_state_dict(checkpoint[container]):
+            found = ", ".join(map(repr, list(checkpoint)[:10]))
+            wanted = " or ".join(map(repr, layout.containers)) or "nothing else"
+            raise ValueError(
+                f"{source} is neither a state dict (all values tensors) nor a checkpoint dict with weights "
+                f"under {wanted}; its top-level keys are {found}"
+            )
+        checkpoint = checkpoint[container]
+    state_dict = dict(checkpoint)
+    if layout.prefix:
+        cut = len(layout.prefix)
+        state_dict = {k[cut:]: v for k, v in state_dict.items() if k.startswith(layout.prefix)}
+        if not state_dict:
+            raise ValueError(f"{source} has no key starting with {layout.prefix!r}")
+    return strip_wrapper_prefixes(state_dict)
+
+
+def strip_wrapper_prefixes(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Remove ``module.`` / ``_orig_mod.`` (repeatedly, in any order) where *every* key carries it.
+
+    A prefix on only some keys is left alone: it is then part of the names, and the key check reports it.
+    """
+    while state_dict:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in state_dict)), None)
+        if prefix is None:
+            break
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def load_official_state_dict(path: str | Path, family: str = "DiT") -> dict[str, Tensor]:
+    """Read an official checkpoint (``.pt``/``.pth``/``.ckpt`` or ``.safetensors``) into a flat state dict.
+
+    Accepts a raw state dict (the released DiT files) or a train.py checkpoint (its ``"ema"`` weights are
+    taken), unpickled with ``weights_only=True``. ``family`` picks the :data:`LAYOUTS` entry.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if family not in LAYOUTS:
+        raise ValueError(f"no checkpoint layout for family {family!r}; known: {', '.join(LAYOUTS)}")
+    return extract_state_dict(_read_file(path), LAYOUTS[family], source=str(path))
+
+
+# ----------------------------------------------------------------------------
+# What a DiT state dict says about its configuration.
+
+_DIT_REQUIRED_KEYS = (
+    "pos_embed",
+    "x_embedder.proj.weight",
+    "y_embedder.embedding_table.weight",
+    "final_layer.linear.weight",
+    "blocks.0.mlp.fc1.weight",
+)
+_LATENT_DOWNSAMPLE = 8  # SD VAE: image side = 8 x latent side
+
+
+def _dit_depth(state_dict: Mapping[str, Tensor]) -> int:
+    indices = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if indices != set(range(len(indices))):
+        raise ValueError(f"block indices are not contiguous from 0: {sorted(indices)}")
+    return len(indices)
+
+
+def _dit_block_type(state_dict: Mapping[str, Tensor], hidden_size: int) -> str:
+    """Which Table 4 block the keys belong to (only adaLN-Zero exists in official checkpoints)."""
+    if "blocks.0.cross_attn.q.weight" in state_dict:
+        return "cross-attention"
+    modulation = state_dict.get("blocks.0.adaLN_modulation.1.weight")
+    if modulation is None:
+        return "in-context"
+    return "adaLN" if modulation.shape[0] == 4 * hidden_size else "adaLN-Zero"
+
+
+def _heads_of_preset(hidden_size: int, depth: int) -> int | None:
+    """Heads are not in the weights: take them from a DiT preset of the same width and depth."""
+    for preset in FAMILIES["DiT"].presets.values():
+        if (preset["hidden_size"], preset["depth"]) == (hidden_size, depth):
+            return int(preset["num_heads"])
+    return None
+
+
+def infer_dit_config(state_dict: Mapping[str, Tensor], num_classes: int | None = None) -> dict[str, Any]:
+    """DiT constructor kwargs (official names, plus ditlab's ``block``) read off a state dict's shapes.
+
+    ``num_heads`` is None unless a preset has the same width and depth. The label table has
+    ``num_classes + 1`` rows when trained with label dropout (the CFG null class) and ``num_classes`` without;
+    the shapes cannot tell which, so the official case (null row present, ``class_dropout_prob=0.1``) is
+    assumed unless ``num_classes`` is given.
+    """
+    missing = [k for k in _DIT_REQUIRED_KEYS if k not in state_dict]
+    if missing:
+        raise ValueError(f"not a DiT state dict: missing {', '.join(missing)}")
+    _, num_patches, hidden_size = state_dict["pos_embed"].shape
+    patch_weight = state_dict["x_embedder.proj.weight"]  # (D, C, p, p)
+    patch_size, in_channels = patch_weight.shape[-1], patch_weight.shape[1]
+    grid = math.isqrt(num_patches)
+    if grid * grid != num_patches:
+        raise ValueError(f"pos_embed has {num_patches} tokens, not a square grid")
+    out_channels, rest = divmod(state_dict["final_layer.linear.weight"].shape[0], patch_size**2)
+    if rest or out_channels not in (in_channels, 2 * in_channels):
+        raise ValueError(
+            f"final_layer.linear has {state_dict['final_layer.linear.weight'].shape[0]} outputs; expected "
+            f"p*p*C or p*p*2C with p={patch_size}, C={in_channels}"
+        )
+    depth = _dit_depth(state_dict)
+    rows = state_dict["y_embedder.embedding_table.weight"].shape[0]
+    if num_classes is None:
+        num_classes = rows - 1
+    if rows not in (num_classes, num_classes + 1):
+        raise ValueError(f"the label table has {rows} rows, which does not fit num_classes={num_classes}")
+    return {
+        "input_size": grid * patch_size,
+        "patch_size": patch_size,
+        "in_channels": in_channels,
+        "hidden_size": hidden_size,
+        "depth": depth,
+        "num_heads": _heads_of_preset(hidden_size, depth),
+        "mlp_ratio": state_dict["blocks.0.mlp.fc1.weight"].shape[0] / hidden_size,
+        "class_dropout_prob": DiTConfig.class_dropout_prob if rows == num_classes + 1 else 0.0,
+        "num_classes": num_classes,
+        "learn_sigma": out_channels == 2 * in_channels,
+        "block": _dit_block_type(state_dict, hidden_size),
+    }
+
+
+def _presets_with_architecture(config: Mapping[str, Any]) -> list[str]:
+    """DiT presets with the same depth, width and patch size (the preset-defining sizes)."""
+    arch = (config["depth"], config["hidden_size"], config["patch_size"])
+    return [
+        name
+        for name, preset in FAMILIES["DiT"].presets.items()
+        if (preset["depth"], preset["hidden_size"], preset["patch_size"]) == arch
+    ]
+
+
+def _describe_extras(config: Mapping[str, Any]) -> str:
+    """The data-dependent settings that differ from the official defaults, e.g. ", num_classes=10"."""
+    defaults = DiTConfig()
+    names = ("in_channels", "num_classes", "learn_sigma", "class_dropout_prob", "mlp_ratio", "block")
+    return "".join(f", {k}={config[k]}" for k in names if config[k] != getattr(defaults, k))
+
+
+def matching_presets(state_dict: Mapping[str, Tensor], num_classes: int | None = None) -> list[str]:
+    """The DiT presets the weights fit, with data size: e.g. ``["DiT-XL/2 at input_size=64 (512 px)"]``."""
+    config = infer_dit_config(state_dict, num_classes)
+    size, extras = config["input_size"], _describe_extras(config)
+    return [
+        f"{name} at input_size={size} ({size * _LATENT_DOWNSAMPLE} px){extras}"
+        for name in _presets_with_architecture(config)
+    ]
+
+
+def _what_fits(state_dict: Mapping[str, Tensor]) -> str:
+    """One line saying which configuration the weights fit, for error messages."""
+    try:
+        presets = matching_presets(state_dict)
+        if presets:
+            return "it fits " + " or ".join(presets)
+        config = infer_dit_config(state_dict)
+    except ValueError as err:
+        return f"its configuration could not be inferred ({err})"
+    sizes = ", ".join(f"{k}={v}" for k, v in config.items() if v is not None)
+    return f"it fits no preset; it fits DiT with {sizes}"
+
+
+# ----------------------------------------------------------------------------
+# Checking keys and shapes, then loading.
+
+
+def _shorten(items: list[str], keep: int = 5) -> str:
+    """``a, b, c, ... (+12 more)``: long key lists cut to their first few."""
+    shown = ", ".join(items[:keep])
+    return shown + (f", ... (+{len(items) - keep} more)" if len(items) > keep else "")
+
+
+def _model_label(model: nn.Module, name: str) -> str:
+    size = getattr(getattr(model, "config", None), "input_size", None)
+    return f"{name} at input_size={size}" if size is not None else name
+
+
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], name: str) -> None:
+    """Raise one readable ValueError if the keys or shapes of ``state_dict`` differ from ``model``'s.
+
+    The first line summarises; the next ones list missing keys, unexpected keys and shape mismatches (first
+    few of each), and the last says which preset and size the checkpoint would fit.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and state_dict[k].shape != expected[k].shape
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    counts = ", ".join(
+        f"{len(items)} {what}"
+        for items, what in (
+            (mismatched, "shape mismatch(es)"),
+            (missing, "missing key(s)"),
+            (unexpected, "unexpected key(s)"),
+        )
+        if items
+    )
+    first = f"checkpoint does not fit {_model_label(model, name)}: {counts}"
+    if mismatched:
+        first += f" ({mismatched[0]})"
+    lines = [first]
+    if mismatched:
+        lines.append(f"  shapes (checkpoint vs model): {_shorten(mismatched)}")
+    if missing:
+        lines.append(f"  missing from the checkpoint: {_shorten(missing)}")
+    if unexpected:
+        lines.append(f"  unexpected in the checkpoint: {_shorten(unexpected)}")
+    lines.append(f"  {_what_fits(state_dict)}")
+    raise ValueError("\n".join(lines))
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, Tensor], name: str) -> nn.Module:
+    """Check keys and shapes, then ``model.load_state_dict(state_dict, strict=True)``; returns ``model``.
+
+    ``name`` labels the model in the error message (e.g. ``"DiT-XL/2"``). A model on the meta device takes
+    the checkpoint's tensors as its own (``assign=True``, cast to the model's dtypes): nothing is allocated
+    twice.
+    """
+    check_state_dict(model, state_dict, name)
+    expected = model.state_dict()
+    on_meta = any(t.is_meta for t in expected.values())
+    if on_meta:
+        state_dict = {k: v.to(expected[k].dtype) for k, v in state_dict.items()}
+    model.load_state_dict(state_dict, strict=True, assign=on_meta)
+    return model
+
+
+def _dit_preset_of(name: str) -> dict[str, Any] | None:
+    """The architecture kwargs of a DiT preset name, None for the family name; ValueError otherwise."""
+    presets = FAMILIES["DiT"].presets
+    if name in presets:
+        return dict(presets[name])
+    if name == "DiT":
+        return None
+    raise ValueError(f"unknown DiT model {name!r}; allowed: DiT, {', '.join(presets)}")
+
+
+def _has_meta_tensors(model: nn.Module) -> bool:
+    return any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+
+
+def load_official_dit(path: str | Path, name: str | None = None, **overrides: Any) -> DiT:
+    """Build the DiT an official checkpoint was trained as and load its (EMA) weights strictly; eval mode.
+
+    Without ``name`` the whole config is read off the weights (a preset's heads when one fits; otherwise pass
+    ``num_heads``). With a preset ``name`` (``"DiT-XL/2"``) its architecture is used and only the data sizes
+    (input size, channels, classes, sigma) come from the weights, so a wrong preset is reported, not guessed
+    around. ``overrides`` (official argument names) win over both, e.g. ``input_size=32`` to insist on 256 px.
+    """
+    state_dict = load_official_state_dict(path, family="DiT")
+    inferred = infer_dit_config(state_dict, num_classes=overrides.get("num_classes"))
+    if name is None:
+        name = next(iter(_presets_with_architecture(inferred)), "DiT")
+    preset = _dit_preset_of(name)
+    # A preset fixes the architecture; the weights give the rest (everything for the bare family "DiT").
+    kwargs = {k: v for k, v in inferred.items() if preset is None or k not in preset}
+    kwargs.update(overrides)
+    if kwargs.get("num_heads", 0) is None:
+        raise ValueError(
+            f"{path}: num_heads cannot be read off the weights and no DiT preset has hidden_size="
+            f"{inferred['hidden_size']} and depth={inferred['depth']}; pass num_heads=..."
+        )
+    with torch.device("meta"):  # no random init of weights that the checkpoint replaces anyway
+        model = create_model(name, **kwargs)
+    load_into(model, state_dict, name)
+    if _has_meta_tensors(model):  # something the state dict does not hold (a non-persistent buffer)
+        model = load_into(create_model(name, **kwargs), state_dict, name)
+    return model.eval()

@@ -1,0 +1,262 @@
+"""One training loop for every backbone and objective: single process or torchrun DDP.
+
+The loop owns the run folder, the optimizer, EMA, checkpoints, logging and the data order; the objective owns
+the loss (``objective.loss(model, x0, y) -> dict of per-sample tensors``) and the backbone owns the network.
+
+Exactness: the batch of step ``s`` comes from :class:`StepBatchSampler` and every random draw of step ``s``
+(timesteps, noise, label dropout) follows ``torch.manual_seed(step_seed(seed, rank, s))``, so a resumed run
+repeats an uninterrupted one bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..data import StepBatchSampler
+from ..objectives import GaussianDiffusion
+from ..registry import create_model, family_of
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .data_source import DataSource, build_data_source
+from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .ema import EMA
+from .logger import MetricsLogger
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without saving the broken weights."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves behind."""
+
+    run_dir: Path
+    step: int
+    last_checkpoint: Path | None
+    final_loss: float
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of one step on one rank (distinct for every (seed, rank, step) in practice)."""
+    return (seed * 1_000_003 + step) * 4_099 + rank
+
+
+# ----------------------------------------------------------------------------
+# Set-up pieces.
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool, info: DistInfo) -> Path:
+    """Create the run folder (fresh run) or check it (resume); returns its path."""
+    run_dir = Path(config.run_dir)
+    has_ckpts = bool(ckpt.saved_steps(run_dir / "checkpoints"))
+    if not resume and has_ckpts:
+        raise ValueError(f"run folder {run_dir} already has checkpoints; resume it with --resume {run_dir}")
+    if resume and not has_ckpts:
+        raise ValueError(f"cannot resume: {run_dir} has no complete checkpoint under checkpoints/")
+    if info.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / "config.json")
+    barrier()
+    return run_dir
+
+
+def build_model(config: TrainConfig, data: DataSource) -> nn.Module:
+    """The backbone, with data-dependent sizes (channels, input size, classes) filled in from the data."""
+    args = {"in_channels": data.channels, "input_size": data.input_size, "num_classes": data.num_classes}
+    args.update(config.model_args)
+    for key, have in (("in_channels", data.channels), ("input_size", data.input_size)):
+        if args[key] != have:
+            raise ValueError(f"model {key}={args[key]} does not match the data ({config.data}): {key}={have}")
+    if args["num_classes"] < data.num_classes:
+        raise ValueError(f"model num_classes={args['num_classes']} < {data.num_classes} classes in {config.data}")
+    model = create_model(config.model, **args)
+    expected = config.diffusion.learn_sigma and 2 * data.channels or data.channels
+    if getattr(model, "out_channels", expected) != expected:
+        raise ValueError(
+            f"model predicts {model.out_channels} channels but the objective needs {expected} "
+            f"(learn_sigma={config.diffusion.learn_sigma}); set learn_sigma to match"
+        )
+    return model
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (fused kernel on CUDA); models may supply their own groups."""
+    if hasattr(model, "optimizer_param_groups"):
+        groups = model.optimizer_param_groups(config.weight_decay)
+    else:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    return torch.optim.AdamW(
+        groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
+        fused=device.type == "cuda",
+    )
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up to ``lr`` over ``warmup_steps``, then constant."""
+    if config.warmup_steps > 0:
+        return config.lr * min(1.0, (step + 1) / config.warmup_steps)
+    return config.lr
+
+
+def restore(run_dir: Path, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer, device: torch.device) -> int:
+    """Load the newest complete checkpoint into model, EMA and optimizer; returns its step."""
+    step = ckpt.saved_steps(run_dir / "checkpoints")[-1]
+    weights_path, state_path = ckpt.checkpoint_paths(run_dir / "checkpoints", step)
+    try:
+        state = ckpt.load_train_state(state_path, device)
+        ema_state, _ = ckpt.load_weights(weights_path)
+        model.load_state_dict(state["model"], strict=True)
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(ema_state)
+    except (RuntimeError, KeyError, OSError) as err:
+        raise ValueError(f"cannot resume from {weights_path}: {str(err).splitlines()[0]}") from err
+    if state["step"] != step:
+        raise ValueError(f"cannot resume: {state_path} says step {state['step']}, its name says {step}")
+    return step
+
+
+def save(run_dir: Path, step: int, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
+         config: TrainConfig) -> Path:
+    metadata = {
+        "family": family_of(model),
+        "model": config.model,
+        "config": dataclasses.asdict(model.config),
+        "diffusion": config.to_dict()["diffusion"],
+    }
+    train_state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}
+    path = ckpt.save_checkpoint(run_dir / "checkpoints", step, ema.state_dict(), metadata, train_state)
+    ckpt.prune_checkpoints(run_dir / "checkpoints", config.keep_checkpoints)
+    return path
+
+
+# ----------------------------------------------------------------------------
+# The loop.
+
+
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
+    """Run (or resume) a training run to ``config.steps``; see the module docstring."""
+    info = init_distributed(config.device)
+    run_dir = prepare_run_dir(config, resume, info)
+    data = build_data_source(config, info)
+    model = build_model(config, data).to(info.device)
+    objective = GaussianDiffusion(config.diffusion)
+    ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
+    opt = build_optimizer(model, config, info.device)
+    start = restore(run_dir, model, ema, opt, info.device) if resume else 0
+    model.grad_checkpointing = config.grad_checkpointing
+    if config.compile:
+        for block in model.blocks:
+            block.compile()
+    net = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None) \
+        if info.world_size > 1 else model
+    sampler = StepBatchSampler(data.size, config.global_batch, config.seed, info.rank, info.world_size, start)
+    logger = MetricsLogger(run_dir, enabled=info.is_main)
+    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    last_ckpt = ckpt.checkpoint_paths(run_dir / "checkpoints", start)[0] if resume else None
+    bar = tqdm(total=config.steps, initial=start, disable=not (info.is_main and config.progress),
+               desc="train", unit="step", dynamic_ncols=True)
+    window: list[dict[str, float]] = []
+    tic, loss_value = time.perf_counter(), math.nan
+    model.train()
+    for step, indices in zip(range(start, config.steps), sampler, strict=False):
+        # Data and randomness of this step are functions of (seed, rank, step) alone.
+        x0, y = data.batch(indices)
+        torch.manual_seed(step_seed(config.seed, info.rank, step))
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(config, step)
+        with autocast:
+            terms = objective.loss(net, x0, y)
+        loss = terms["loss"].mean()
+        mean_terms = all_reduce_mean(torch.stack([t.detach().float().mean() for t in terms.values()]))
+        loss_value = float(mean_terms[0])
+        if not math.isfinite(loss_value):
+            bar.close()
+            logger.close()
+            where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+            raise NonFiniteLossError(f"loss became {loss_value} at step {step}; stopped, {where}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = _clip_gradients(model, config.max_grad_norm)
+        opt.step()
+        ema.update(model, step)
+        done = step + 1
+        window.append({k: float(v) for k, v in zip(terms, mean_terms, strict=True)} | {"grad_norm": grad_norm})
+        bar.update(1)
+        if done % config.log_every == 0 or done == config.steps:
+            elapsed = time.perf_counter() - tic
+            row = _summarise(window, done, elapsed, config, opt)
+            logger.log(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
+            window, tic = [], time.perf_counter()
+        if done % config.ckpt_every == 0 or done == config.steps:
+            if info.is_main:
+                last_ckpt = save(run_dir, done, model, ema, opt, config)
+            barrier()
+        if info.is_main and _wants_grid(config, done):
+            _save_grid(run_dir, done, ema.module, objective, config, data)
+    bar.close()
+    logger.close()
+    barrier()
+    return TrainResult(run_dir, config.steps, last_ckpt, loss_value, logger.rows)
+
+
+def _clip_gradients(model: nn.Module, max_norm: float | None) -> float:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is None:
+        if not params:
+            return 0.0
+        norms = torch._foreach_norm([p.grad for p in params])
+        return float(torch.linalg.vector_norm(torch.stack(norms)))
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+
+def _summarise(window: list[dict[str, float]], step: int, elapsed: float, config: TrainConfig,
+               opt: torch.optim.Optimizer) -> dict[str, Any]:
+    row: dict[str, Any] = {"step": step}
+    for key in window[0]:
+        row[key] = sum(w[key] for w in window) / len(window)
+    row["lr"] = opt.param_groups[0]["lr"]
+    row["sec_per_step"] = elapsed / len(window)
+    row["img_per_s"] = config.global_batch * len(window) / max(elapsed, 1e-9)
+    if torch.cuda.is_available():
+        row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return row
+
+
+def _wants_grid(config: TrainConfig, done: int) -> bool:
+    if config.sample_every < 0:
+        return False
+    return done == config.steps or (config.sample_every > 0 and done % config.sample_every == 0)
+
+
+def _save_grid(run_dir: Path, step: int, model: nn.Module, objective: GaussianDiffusion, config: TrainConfig,
+               data: DataSource) -> None:
+    """A class-per-row grid from the EMA weights, saved as samples/step_<S>.png."""
+    from ..imageio import save_grid
+    from ..sampling.generate import generate
+
+    classes = min(data.num_classes, 10)
+    labels = torch.arange(classes).repeat_interleave(8)
+    images = generate(model, config.diffusion, labels, sampler_steps=config.sample_steps,
+                      cfg_scale=config.sample_cfg, seed=config.seed, codec=data.codec)
+    save_grid(images, run_dir / "samples" / f"step_{step:07d}.png", nrow=8, scale=max(1, 64 // images.shape[-1]))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+

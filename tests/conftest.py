@@ -1,0 +1,12 @@
+"""Pytest fixtures shared by the suite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

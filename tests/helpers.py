@@ -1,0 +1,28 @@
+"""Test helpers: golden files (copied unchanged from ../shared/golden) and tiny model sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+GOLDEN_DIR = Path(__file__).parent / "golden"
+SHARED_GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "golden"
+
+
+def manifest() -> dict:
+    return json.loads((GOLDEN_DIR / "MANIFEST.json").read_text())
+
+
+def golden(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(manifest entry, tensors) of one golden file."""
+    return manifest()["files"][name], load_file(str(GOLDEN_DIR / name))
+
+
+def golden_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+TINY_DIT = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4, num_classes=10)
