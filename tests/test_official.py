@@ -20,6 +20,7 @@ from ditlab.models.official import (
     load_official_state_dict,
     matching_presets,
 )
+from ditlab.registry import FAMILIES
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY = dict(depth=2, hidden_size=64, num_heads=4, input_size=8, num_classes=10)
@@ -70,9 +71,7 @@ def test_train_script_checkpoint_takes_ema_and_allows_namespace_args(tmp_path: P
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model(*_inputs(model)).square().mean().backward()
     opt.step()
-    args = argparse.Namespace(
-        model="DiT-XL/2", image_size=256, num_classes=10, results_dir="results", vae="ema"
-    )
+    args = argparse.Namespace(model="DiT-XL/2", image_size=256, num_classes=10, results_dir="out", vae="ema")
     checkpoint = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "args": args}
     torch.save(checkpoint, tmp_path / "0400000.pt")
     state_dict = load_official_state_dict(tmp_path / "0400000.pt")
@@ -210,6 +209,19 @@ def test_heads_must_be_given_when_no_preset_fits(tmp_path: Path) -> None:
     torch.save(_tiny_dit().state_dict(), tmp_path / "tiny.pt")
     with pytest.raises(ValueError, match="num_heads"):
         load_official_dit(tmp_path / "tiny.pt")
+
+
+def test_preset_supplies_the_heads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a preset of the checkpoint's width and depth, the whole config comes from the file."""
+    tiny_preset = {"depth": 2, "hidden_size": 64, "num_heads": 4, "patch_size": 2}
+    monkeypatch.setitem(FAMILIES["DiT"].presets, "DiT-T/2", tiny_preset)
+    model = _tiny_dit()
+    torch.save(model.state_dict(), tmp_path / "tiny.pt")
+    assert matching_presets(model.state_dict()) == ["DiT-T/2 at input_size=8 (64 px), num_classes=10"]
+    loaded = load_official_dit(tmp_path / "tiny.pt")
+    assert loaded.config == model.config
+    _assert_same_outputs(model, loaded)
+    _assert_same_outputs(model, load_official_dit(tmp_path / "tiny.pt", "DiT-T/2"))
 
 
 def test_wrong_preset_names_the_mismatch_and_the_fit(tmp_path: Path) -> None:

@@ -54,11 +54,16 @@ def _train_config(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
+    from .train.distributed import shutdown
 
     config = _train_config(args)
-    result = train(config, resume=bool(args.resume))
-    print(f"trained to step {result.step}; final loss {result.final_loss:.4f}; "
-          f"last checkpoint {result.last_checkpoint}; run folder {result.run_dir}")
+    try:
+        result = train(config, resume=bool(args.resume))
+    finally:
+        shutdown()  # an undestroyed gloo/nccl group can abort the process at interpreter exit
+    if result.is_main:
+        print(f"trained to step {result.step}; final loss {result.final_loss:.4f}; "
+              f"last checkpoint {result.last_checkpoint}; run folder {result.run_dir}")
     return 0
 
 

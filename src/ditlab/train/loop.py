@@ -47,6 +47,7 @@ class TrainResult:
     last_checkpoint: Path | None
     final_loss: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    is_main: bool = True  # False on the other ranks of a distributed run
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -151,6 +152,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     info = init_distributed(config.device)
     run_dir = prepare_run_dir(config, resume, info)
     data = build_data_source(config, info)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run of this config
     model = build_model(config, data).to(info.device)
     objective = GaussianDiffusion(config.diffusion)
     ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
@@ -180,7 +182,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         with autocast:
             terms = objective.loss(net, x0, y)
         loss = terms["loss"].mean()
-        mean_terms = all_reduce_mean(torch.stack([t.detach().float().mean() for t in terms.values()]))
+        names = ["loss"] + [k for k in terms if k != "loss"]
+        mean_terms = all_reduce_mean(torch.stack([terms[k].detach().float().mean() for k in names]))
         loss_value = float(mean_terms[0])
         if not math.isfinite(loss_value):
             bar.close()
@@ -193,7 +196,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         opt.step()
         ema.update(model, step)
         done = step + 1
-        window.append({k: float(v) for k, v in zip(terms, mean_terms, strict=True)} | {"grad_norm": grad_norm})
+        window.append({k: float(v) for k, v in zip(names, mean_terms, strict=True)} | {"grad_norm": grad_norm})
         bar.update(1)
         if done % config.log_every == 0 or done == config.steps:
             elapsed = time.perf_counter() - tic
@@ -210,7 +213,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     bar.close()
     logger.close()
     barrier()
-    return TrainResult(run_dir, config.steps, last_ckpt, loss_value, logger.rows)
+    return TrainResult(run_dir, config.steps, last_ckpt, loss_value, logger.rows, info.is_main)
 
 
 def _clip_gradients(model: nn.Module, max_norm: float | None) -> float:
