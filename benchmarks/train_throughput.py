@@ -13,7 +13,7 @@ Units (see BENCHMARKS.md): Gflops = multiply-accumulates (MACs) of one forward p
 convention (``ditlab.flops.count``). Model FLOPs of a training step = 3 x 2 x MACs per image (forward +
 backward ~ 3 forward; activation recomputation is not counted), of a CFG sampling step = 2 x 2 x MACs per
 guided image. MFU = model FLOP/s / --peak-tflops (CUDA only). Peak memory is torch's allocator peak on CUDA
-and the process's peak resident set size (RSS) on CPU.
+and the process's peak resident set size (RSS) on CPU, reset before each measurement where Linux allows it.
 
 Examples:
   # An H100 (SXM, dense bf16 peak 989 TFLOP/s), DiT-XL/2 at 256 px:
@@ -275,6 +275,7 @@ class Result:
     batch: int  # images per step (guided images for sampling; the forward sees 2x)
     ms_per_step: float  # mean over the timed steps
     ms_per_step_std: float  # standard deviation over the timed steps
+    ms_per_step_median: float  # robust to a few slow steps on a shared machine
     ms_per_step_min: float
     img_per_s: float  # batch / mean step time
     sec_per_kimg: float  # 1000 / img_per_s (EDM2's unit)
@@ -297,6 +298,7 @@ def summarise(name: str, seconds: list[float], batch: int, gmacs: float, args: a
         batch=batch,
         ms_per_step=1e3 * mean,
         ms_per_step_std=1e3 * (statistics.stdev(seconds) if len(seconds) > 1 else 0.0),
+        ms_per_step_median=1e3 * statistics.median(seconds),
         ms_per_step_min=1e3 * min(seconds),
         img_per_s=img_per_s,
         sec_per_kimg=1000.0 / img_per_s,
@@ -323,7 +325,9 @@ def measure(name: str, args: argparse.Namespace, model: nn.Module, gmacs: float,
 # ----------------------------------------------------------------------------
 # Printing and JSON lines.
 
-COLUMNS = ("step", "batch", "ms/step", "± std", "img/s", "sec/kimg", "img/s/run", "TFLOP/s", "MFU", "peak GiB")
+COLUMNS = (
+    "step", "batch", "ms/step", "± std", "median", "img/s", "sec/kimg", "img/s/run", "TFLOP/s", "MFU", "peak GiB",
+)
 
 
 def table_row(cells: tuple[str, ...]) -> str:
@@ -338,6 +342,7 @@ def format_result(r: Result) -> str:
         str(r.batch),
         f"{r.ms_per_step:.1f}",
         f"{r.ms_per_step_std:.1f}",
+        f"{r.ms_per_step_median:.1f}",
         f"{r.img_per_s:.2f}",
         f"{r.sec_per_kimg:.1f}",
         f"{r.img_per_s_full_run:.4f}" if r.img_per_s_full_run is not None else "-",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from helpers import GOLDEN_DIR, SHARED_GOLDEN_DIR
 
 

@@ -33,16 +33,16 @@ class DemoConfig:
     run_dir: str = "runs/demo"  # replaced if it holds an earlier demo run
     model: str = "DiT"  # preset or family; the size comes from model_args
     model_args: dict[str, Any] = field(
-        default_factory=lambda: {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 2}
+        default_factory=lambda: {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 4}
     )  # official-name overrides of the model
     image_size: int = 16  # the 8x8 digits are upsampled to this side
-    steps: int = 1500  # training steps
+    steps: int = 3000  # training steps
     global_batch: int = 64  # images per step
     lr: float = 1e-3  # AdamW learning rate (higher than DiT's 1e-4: tiny model, short run)
     warmup_steps: int = 100  # linear learning-rate warm-up
     ema_decay: float = 0.999  # EMA decay, with warm-up
     sampler_steps: str = "ddim50"  # sampling respacing: "ddimN" (DDIM) or "N" (ancestral DDPM)
-    cfg_scale: float = 3.0  # classifier-free guidance scale for the samples
+    cfg_scale: float = 5.0  # classifier-free guidance scale for the samples
     samples_per_class: int = 50  # samples graded per class (the grid shows the first 10 of each)
     seed: int = 0
     progress: bool = True  # progress bars
