@@ -26,15 +26,16 @@ from .train import TrainConfig, train
 from .train.checkpoint import load_weights
 
 
+DEMO_MODEL = {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 4}  # 16 tokens of 4x4 pixels
+
+
 @dataclass
 class DemoConfig:
     """The demo's settings; the defaults fit in about five minutes on two CPU cores."""
 
     run_dir: str = "runs/demo"  # replaced if it holds an earlier demo run
     model: str = "DiT"  # preset or family; the size comes from model_args
-    model_args: dict[str, Any] = field(
-        default_factory=lambda: {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 4}
-    )  # official-name overrides of the model
+    model_args: dict[str, Any] = field(default_factory=lambda: dict(DEMO_MODEL))  # official-name model overrides
     image_size: int = 16  # the 8x8 digits are upsampled to this side
     steps: int = 3000  # training steps
     global_batch: int = 64  # images per step
