@@ -170,5 +170,5 @@ def test_resume_refuses_config_changes(tmp_path, capsys):
 def test_model_data_mismatch_is_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"model in_channels=4 does not match the data \(digits\): in_channels=1"):
         train(tiny_config(tmp_path / "run", model_args={**TINY, "in_channels": 4}))
-    with pytest.raises(ValueError, match=r"model predicts 1 channels but the objective needs 2"):
+    with pytest.raises(ValueError, match=r"model predicts 1 channels but the diffusion objective needs 2"):
         train(tiny_config(tmp_path / "run2", model_args={**TINY, "learn_sigma": False}))

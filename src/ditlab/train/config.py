@@ -22,6 +22,7 @@ class TrainConfig:
     model_args: dict[str, Any] = field(default_factory=dict)  # official-name overrides, e.g. {"depth": 6}
     data: str = "digits"  # dataset spec: "digits" (embedded)
     image_size: int = 16  # digits: side the 8x8 images are upsampled to
+    objective: str = "diffusion"  # training objective; see ditlab.train.objective.OBJECTIVES
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     steps: int = 1000  # total optimizer steps of the run (a resumed run continues up to this)
     global_batch: int = 64  # images per step over all processes

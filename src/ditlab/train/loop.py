@@ -24,7 +24,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data import StepBatchSampler
-from ..objectives import GaussianDiffusion
 from ..registry import create_model, family_of
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -32,6 +31,7 @@ from .data_source import DataSource, build_data_source
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from .ema import EMA
 from .logger import MetricsLogger
+from .objective import build_objective, required_out_channels
 
 
 class NonFiniteLossError(RuntimeError):
@@ -84,10 +84,10 @@ def build_model(config: TrainConfig, data: DataSource) -> nn.Module:
     if args["num_classes"] < data.num_classes:
         raise ValueError(f"model num_classes={args['num_classes']} < {data.num_classes} classes in {config.data}")
     model = create_model(config.model, **args)
-    expected = config.diffusion.learn_sigma and 2 * data.channels or data.channels
+    expected = required_out_channels(config, data.channels)
     if getattr(model, "out_channels", expected) != expected:
         raise ValueError(
-            f"model predicts {model.out_channels} channels but the objective needs {expected} "
+            f"model predicts {model.out_channels} channels but the {config.objective} objective needs {expected} "
             f"(learn_sigma={config.diffusion.learn_sigma}); set learn_sigma to match"
         )
     return model
@@ -154,7 +154,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     data = build_data_source(config, info)
     torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run of this config
     model = build_model(config, data).to(info.device)
-    objective = GaussianDiffusion(config.diffusion)
+    objective = build_objective(config)
     ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
     opt = build_optimizer(model, config, info.device)
     start = restore(run_dir, model, ema, opt, info.device) if resume else 0
@@ -209,7 +209,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                 last_ckpt = save(run_dir, done, model, ema, opt, config)
             barrier()
         if info.is_main and _wants_grid(config, done):
-            _save_grid(run_dir, done, ema.module, objective, config, data)
+            _save_grid(run_dir, done, ema.module, config, data)
     bar.close()
     logger.close()
     barrier()
@@ -245,8 +245,7 @@ def _wants_grid(config: TrainConfig, done: int) -> bool:
     return done == config.steps or (config.sample_every > 0 and done % config.sample_every == 0)
 
 
-def _save_grid(run_dir: Path, step: int, model: nn.Module, objective: GaussianDiffusion, config: TrainConfig,
-               data: DataSource) -> None:
+def _save_grid(run_dir: Path, step: int, model: nn.Module, config: TrainConfig, data: DataSource) -> None:
     """A class-per-row grid from the EMA weights, saved as samples/step_<S>.png."""
     from ..imageio import save_grid
     from ..sampling.generate import generate
