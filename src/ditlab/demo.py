@@ -25,7 +25,6 @@ from .sampling.generate import generate
 from .train import TrainConfig, train
 from .train.checkpoint import load_weights
 
-
 DEMO_MODEL = {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 4}  # 16 tokens of 4x4 pixels
 
 
