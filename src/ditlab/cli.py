@@ -1,4 +1,4 @@
-"""The ``ditlab`` command: ``demo``, ``train``, ``flops``.
+"""The ``ditlab`` command: ``demo``, ``train``, ``extract-latents``, ``sample``, ``evaluate``, ``flops``.
 
 Every failure caused by user input ends in one line, ``ditlab: error: ...``, naming the bad value and what
 is allowed; a traceback means a bug in ditlab.
@@ -16,6 +16,8 @@ from .cli_args import add_dataclass_flags, dataclass_overrides
 EPILOG_TRAIN = """examples:
   ditlab train --model DiT-S/2 --data digits --steps 2000 --run-dir runs/s2
   ditlab train --resume runs/s2 --steps 4000        # continue the same run to step 4000
+  ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --min-snr-gamma 5 --lr 5e-4 ...  # MDTv2 recipe
+  ditlab train --model DDT --objective flow --model-args '{"num_blocks": 6, "num_encoder_blocks": 4}' ...
   torchrun --standalone --nproc_per_node=8 -m ditlab train --model DiT-XL/2 ...   # DDP, one process per GPU
 """
 
@@ -24,32 +26,44 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, format_report, run_demo
 
     cfg = DemoConfig(**dataclass_overrides(args, DemoConfig))
-    print(f"ditlab demo: training a class-conditional DiT on the embedded digits -> {cfg.run_dir}", flush=True)
+    print(f"ditlab demo: training a class-conditional {cfg.model} on the embedded digits -> {cfg.run_dir}",
+          flush=True)
     report = run_demo(cfg)
     print(format_report(report))
     return 0
 
 
-def _train_config(args: argparse.Namespace):
+# Nested config sections of TrainConfig and the flag prefix of each on the command line.
+def _train_sections():
+    from .models.repa import REPAConfig
     from .objectives import DiffusionConfig
+    from .objectives.flow import FlowConfig
+
+    return {"diffusion": (DiffusionConfig, ""), "flow": (FlowConfig, "flow_"), "repa": (REPAConfig, "repa_")}
+
+
+_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints")
+
+
+def _train_config(args: argparse.Namespace):
     from .train import TrainConfig
 
-    diffusion_overrides = dataclass_overrides(args, DiffusionConfig)
     overrides = dataclass_overrides(args, TrainConfig)
+    sections = {name: dataclass_overrides(args, cls, prefix) for name, (cls, prefix) in _train_sections().items()}
     if args.resume:
         from pathlib import Path
 
         base = TrainConfig.load(Path(args.resume) / "config.json")
-        changed = {k: v for k, v in overrides.items() if k not in ("steps", "progress", "log_every",
-                                                                   "ckpt_every", "sample_every", "keep_checkpoints")}
-        if changed or diffusion_overrides:
-            names = ", ".join(sorted(set(changed) | set(diffusion_overrides)))
+        changed = set(overrides) - set(_RESUMABLE_FLAGS)
+        changed |= {f"{name}.{key}" for name, values in sections.items() for key in values}
+        if changed:
             raise ValueError(
-                f"--resume keeps the run's config; only --steps and logging flags may change (got {names})"
+                f"--resume keeps the run's config; only --steps and logging flags may change "
+                f"(got {', '.join(sorted(changed))})"
             )
         return dataclasses.replace(base, run_dir=args.resume, **overrides)
-    diffusion = dataclasses.replace(DiffusionConfig(), **diffusion_overrides)
-    return TrainConfig(**overrides, diffusion=diffusion)
+    nested = {name: cls(**sections[name]) for name, (cls, _) in _train_sections().items()}
+    return TrainConfig(**overrides, **nested)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -74,9 +88,46 @@ def _cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extract_latents(args: argparse.Namespace) -> int:
+    from .data.latents import ExtractConfig, run_extract
+    from .train.distributed import shutdown
+
+    config = ExtractConfig(**dataclass_overrides(args, ExtractConfig))
+    if not config.data:
+        raise ValueError("--data is required (an image folder root/<class>/<image>)")
+    try:
+        index = run_extract(config)
+    finally:
+        shutdown()
+    print(f"latents written; index {index}")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .sample import SampleConfig, run_sample
+    from .train.distributed import shutdown
+
+    config = SampleConfig(**dataclass_overrides(args, SampleConfig))
+    try:
+        out = run_sample(config)
+    finally:
+        shutdown()
+    print(f"{config.num_images} samples in {out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .eval.reference import EvaluateConfig, run_evaluate
+
+    result = run_evaluate(EvaluateConfig(**dataclass_overrides(args, EvaluateConfig)))
+    for key, label in (("inception_score", "Inception Score"), ("fid", "FID"), ("sfid", "sFID"),
+                       ("precision", "Precision"), ("recall", "Recall")):
+        print(f"{label}: {result[key]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoConfig
-    from .objectives import DiffusionConfig
     from .train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="ditlab", description=__doc__.split("\n\n")[0],
@@ -95,8 +146,31 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", metavar="RUN_DIR", default=None,
                     help="continue the run in RUN_DIR from its newest checkpoint, with its saved config")
     add_dataclass_flags(tr, TrainConfig)
-    add_dataclass_flags(tr.add_argument_group("diffusion objective"), DiffusionConfig)
+    for name, (cls, prefix) in _train_sections().items():
+        add_dataclass_flags(tr.add_argument_group(f"{name} (TrainConfig.{name})"), cls, prefix=prefix)
     tr.set_defaults(func=_cmd_train)
+
+    from .data.latents import ExtractConfig
+    from .eval.reference import EvaluateConfig
+    from .sample import SampleConfig
+
+    ex = sub.add_parser("extract-latents", help="encode an image folder once into VAE latent shards",
+                        description=__import__("ditlab.data.latents", fromlist=["x"]).__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_flags(ex, ExtractConfig)
+    ex.set_defaults(func=_cmd_extract_latents)
+
+    sa = sub.add_parser("sample", help="N images from a checkpoint into an ADM .npz (single process or torchrun)",
+                        description=__import__("ditlab.sample", fromlist=["x"]).__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_flags(sa, SampleConfig)
+    sa.set_defaults(func=_cmd_sample)
+
+    ev = sub.add_parser("evaluate", help="FID, sFID, IS, Precision, Recall of a sample .npz vs a reference .npz",
+                        description=__import__("ditlab.eval.reference", fromlist=["x"]).__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_flags(ev, EvaluateConfig)
+    ev.set_defaults(func=_cmd_evaluate)
 
     fl = sub.add_parser("flops", help="parameters and Gflops (multiply-adds) per preset",
                         description="Parameters and forward Gflops per image (multiply-accumulates, the papers' "

@@ -35,6 +35,7 @@ class DemoConfig:
     run_dir: str = "runs/demo"  # replaced if it holds an earlier demo run
     model: str = "DiT"  # preset or family; the size comes from model_args
     model_args: dict[str, Any] = field(default_factory=lambda: dict(DEMO_MODEL))  # official-name model overrides
+    objective: str = "diffusion"  # training objective: "diffusion", or "mdt" (MDT/MDTv2's extra masked pass)
     image_size: int = 16  # the 8x8 digits are upsampled to this side
     steps: int = 3000  # training steps
     global_batch: int = 64  # images per step
@@ -50,7 +51,7 @@ class DemoConfig:
 
 def demo_train_config(cfg: DemoConfig) -> TrainConfig:
     return TrainConfig(
-        run_dir=cfg.run_dir, model=cfg.model, model_args=dict(cfg.model_args), data="digits",
+        run_dir=cfg.run_dir, model=cfg.model, model_args=dict(cfg.model_args), data="digits", objective=cfg.objective,
         image_size=cfg.image_size, diffusion=DiffusionConfig(), steps=cfg.steps, global_batch=cfg.global_batch,
         lr=cfg.lr, warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, ema_warmup=True, seed=cfg.seed,
         device="cpu", log_every=50, ckpt_every=cfg.steps, keep_checkpoints=1, sample_every=-1,

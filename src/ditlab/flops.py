@@ -3,7 +3,8 @@
 "Gflops" in the DiT, MDT, DDT and DiffuSSM papers are multiply-accumulates (MACs) of one forward pass for
 one image. ``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per multiply-accumulate, so every
 number here is its count halved. Only matrix products and convolutions are counted (as in the papers): norms,
-softmax, activations and element-wise ops are not.
+softmax, activations and element-wise ops are not. FFTs (DiffuSSM's SSM convolution), which FlopCounterMode
+does not know, are counted with the textbook radix-2 cost (see ``fft_flops``).
 
 Models are built on the ``meta`` device and run on meta inputs, so counting XL/2 allocates no weights and
 takes a fraction of a second.
@@ -12,6 +13,7 @@ takes a fraction of a second.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,9 +106,32 @@ def _prepare_for_counting(model: nn.Module) -> None:
             module.fused = False
 
 
+def fft_flops(signal_shape: Sequence[int], dims: Sequence[int]) -> int:
+    """FLOPs of a real FFT (forward or inverse) over ``dims`` of a real signal of ``signal_shape``.
+
+    A complex radix-2 FFT of n points costs ``5 n log2 n`` real flops ((n/2) log2 n butterflies of one complex
+    multiply and two complex adds); a real-input/real-output FFT about half: ``2.5 n log2 n`` per signal.
+    """
+    n = math.prod(signal_shape[d] for d in dims)
+    signals = math.prod(signal_shape) // max(n, 1)
+    return int(2.5 * n * math.log2(n) * signals) if n > 1 else 0
+
+
+def _fft_r2c_flops(x_shape, dim, normalization, onesided, out_shape=None) -> int:
+    return fft_flops(x_shape, dim)
+
+
+def _fft_c2r_flops(x_shape, dim, normalization, last_dim_size, out_shape=None) -> int:
+    return fft_flops(out_shape, dim)
+
+
+# Not registered globally (torch's registry refuses duplicates): passed to each FlopCounterMode we open.
+FFT_FLOP_FORMULAS = {torch.ops.aten._fft_r2c: _fft_r2c_flops, torch.ops.aten._fft_c2r: _fft_c2r_flops}
+
+
 def count_forward_macs(model: nn.Module, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None) -> int:
     """Multiply-accumulates of ``model(*args, **kwargs)``: FlopCounterMode's total divided by 2."""
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False, custom_mapping=FFT_FLOP_FORMULAS) as counter, torch.no_grad():
         model(*args, **(kwargs or {}))
     return counter.get_total_flops() // FLOPS_PER_MAC
 

@@ -12,7 +12,10 @@ from typing import Any
 
 from torch import nn
 
+from .models.ddt import DDT, DDTConfig
+from .models.diffussm import DiffuSSM, DiffuSSMConfig
 from .models.dit import DiT, DiTConfig
+from .models.mdt import MDT, MDTConfig, MDTv2, MDTv2Config
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,47 @@ def _dit_presets() -> dict[str, dict[str, Any]]:
     }
 
 
+def _mdt_presets(family: str, patch_sizes: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """MDT v1 has /2, /4, /8 (``[v1] models.py``); MDTv2 only /2. Sizes as DiT's; decode_layer is a family default."""
+    return {
+        name.replace("DiT", family, 1): kwargs
+        for name, kwargs in _dit_presets().items()
+        if kwargs["patch_size"] in patch_sizes
+    }
+
+
+def _ddt_presets() -> dict[str, dict[str, Any]]:
+    sizes = {  # (hidden_size, num_groups, num_blocks, num_encoder_blocks)
+        "B": (768, 12, 12, 8),  # derived: DiT-B width, best split of tools/figures/base++.py (8En4De)
+        "L": (1024, 16, 24, 20),  # derived: DiT-L width, best split of tools/figures/large++.py (20En4De)
+        "XL": (1152, 16, 28, 22),  # official: configs/repa_improved_ddt_xlen22de6_256.yaml
+    }
+    return {
+        f"DDT-{size}/2-{enc}en{blocks - enc}de": {
+            "hidden_size": hidden, "num_groups": groups, "num_blocks": blocks, "num_encoder_blocks": enc,
+            "patch_size": 2,
+        }
+        for size, (hidden, groups, blocks, enc) in sizes.items()
+    }
+
+
+# Presets that no official config ships: sizes and splits read off the paper's ablation plots (ddt.md section 1).
+DERIVED_PRESETS = {
+    "DDT-B/2-8en4de": "derived from the paper's B-size split ablation; width/heads follow DiT-B (unverified)",
+    "DDT-L/2-20en4de": "derived from the paper's L-size split ablation; width/heads follow DiT-L (unverified)",
+}
+
+def _diffussm_presets() -> dict[str, dict[str, Any]]:
+    sizes = {"XL": (29, 1152), "L": (29, 768), "S": (29, 384)}  # (depth, D); the paper gives depth only for XL
+    return {f"DiffuSSM-{size}": {"depth": depth, "hidden_size": hidden} for size, (depth, hidden) in sizes.items()}
+
+
 FAMILIES: dict[str, Family] = {
     "DiT": Family("DiT", DiTConfig, DiT, _dit_presets()),
+    "DDT": Family("DDT", DDTConfig, DDT, _ddt_presets()),
+    "MDT": Family("MDT", MDTConfig, MDT, _mdt_presets("MDT", (2, 4, 8))),
+    "MDTv2": Family("MDTv2", MDTv2Config, MDTv2, _mdt_presets("MDTv2", (2,))),
+    "DiffuSSM": Family("DiffuSSM", DiffuSSMConfig, DiffuSSM, _diffussm_presets()),
 }
 
 

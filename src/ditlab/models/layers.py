@@ -131,6 +131,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, fused
     ``fused`` goes through ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU); the
     explicit softmax is the official code's formula, kept to check equality and for flop-free debugging.
     """
+    if bias is not None and bias.is_floating_point() and bias.dtype != q.dtype:
+        bias = bias.to(q.dtype)  # under autocast q is bf16 while a learned bias table stays fp32
     if fused:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
@@ -180,6 +182,51 @@ class CrossAttention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(n, length, dim))
 
 
+class RelativePositionBias(nn.Module):
+    """BEiT-style learned relative position bias over a square token grid (MDT's ``RelativePositionBias``).
+
+    ``relative_position_bias_table`` has ``(2g-1)^2 + 3`` rows (the 3 extra rows are BEiT's unused cls-token
+    entries, kept for state-dict parity) and one column per head; the persistent int64 buffer
+    ``relative_position_index`` (N, N) maps each token pair (row-major grid) to its table row.
+    """
+
+    def __init__(self, grid_size: int, num_heads: int):
+        super().__init__()
+        self.grid_size = grid_size
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * grid_size - 1) ** 2 + 3, num_heads))
+        coords = torch.stack(torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij"))
+        coords = coords.flatten(1)  # (2, N): row, column of each token
+        rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (grid_size - 1)  # (N, N, 2), >= 0
+        index = rel[..., 0] * (2 * grid_size - 1) + rel[..., 1]
+        self.register_buffer("relative_position_index", index)
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def forward(self, ids_keep: Tensor | None = None) -> Tensor:
+        """The bias (heads, N, N); with ``ids_keep`` (B, L) the rows and columns of the kept tokens (B, heads, L, L).
+
+        Gathering the index first equals the official gather of the full (B, heads, N, N) bias, without it.
+        """
+        index = self.relative_position_index
+        if ids_keep is None:
+            return self.relative_position_bias_table[index].permute(2, 0, 1)
+        index = index[ids_keep[:, :, None], ids_keep[:, None, :]]  # (B, L, L)
+        return self.relative_position_bias_table[index].permute(0, 3, 1, 2)
+
+
+class RelPosAttention(Attention):
+    """:class:`Attention` plus a per-layer :class:`RelativePositionBias` added to the logits (MDT's attention).
+
+    The bias goes to SDPA as an additive ``attn_mask``; ``ids_keep`` restricts it to the tokens kept by masking.
+    """
+
+    def __init__(self, dim: int, num_heads: int, grid_size: int, qkv_bias: bool = True):
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias)
+        self.rel_pos_bias = RelativePositionBias(grid_size, num_heads)
+
+    def forward(self, x: Tensor, ids_keep: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        return super().forward(x, self.rel_pos_bias(ids_keep))
+
+
 class Mlp(nn.Module):
     """``fc1 -> GELU(tanh) -> fc2`` (timm's ``Mlp`` as the official DiT configures it)."""
 
@@ -225,3 +272,64 @@ def xavier_init_linears(module: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+# ----------------------------------------------------------------------------
+# Llama-style parts (DDT): RMSNorm, SwiGLU, 2-D rotary position embedding.
+
+
+class RMSNorm(nn.Module):
+    """``weight * x / sqrt(mean(x^2) + eps)`` over the last dim, normalised in float32 (Llama's RMSNorm).
+
+    The input is cast back to its dtype before the weight multiplies it, as in DDT's ``RMSNorm``.
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """Bias-free gated MLP ``w2(silu(w1 x) * w3 x)``; names ``w1, w2, w3`` as Llama's/DDT's ``FeedForward``.
+
+    ``hidden_features`` is used as given (DDT passes ``int(2 * 4 * dim / 3)``).
+    """
+
+    def __init__(self, dim: int, hidden_features: int):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden_features, bias=False)
+        self.w3 = nn.Linear(dim, hidden_features, bias=False)
+        self.w2 = nn.Linear(hidden_features, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def rope_2d_freqs(head_dim: int, height: int, width: int, theta: float = 10000.0, scale: float = 16.0) -> Tensor:
+    """Complex rotations (height*width, head_dim/2) of DDT's ``precompute_freqs_cis_2d``.
+
+    Token positions are ``linspace(0, scale, width)`` / ``linspace(0, scale, height)``: spread over [0, scale]
+    whatever the grid size (not integer indices). head_dim/4 frequencies ``theta^(-4k/head_dim)``; each
+    frequency gives an (x, y) pair of complex entries, interleaved, tokens row-major.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a head dimension divisible by 4, got {head_dim}")
+    ys, xs = torch.meshgrid(torch.linspace(0, scale, height), torch.linspace(0, scale, width), indexing="ij")
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 4)[: head_dim // 4].float() / head_dim)
+    x_angles = torch.outer(xs.reshape(-1), freqs)  # (L, head_dim/4)
+    y_angles = torch.outer(ys.reshape(-1), freqs)
+    pairs = torch.stack([torch.polar(torch.ones_like(x_angles), x_angles),
+                         torch.polar(torch.ones_like(y_angles), y_angles)], dim=-1)  # (L, head_dim/4, 2)
+    return pairs.reshape(height * width, head_dim // 2)
+
+
+def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
+    """Rotate (..., L, head_dim) features by (L, head_dim/2) complex ``freqs``; adjacent channels form a pair."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(pairs * freqs).flatten(-2).type_as(x)

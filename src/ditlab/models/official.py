@@ -49,6 +49,11 @@ class CheckpointLayout:
 # The official DiT train.py saves {"model", "ema", "opt", "args"}; sample.py's find_model takes "ema".
 LAYOUTS: dict[str, CheckpointLayout] = {
     "DiT": CheckpointLayout(containers=("ema",)),
+    # MDT's released files and train_util.py's model/ema_*.pt are flat state dicts (no wrapper, no prefix).
+    "MDT": CheckpointLayout(),
+    "MDTv2": CheckpointLayout(),
+    # DDT: a Lightning .ckpt; the EMA weights sit under "ema_denoiser." inside its "state_dict".
+    "DDT": CheckpointLayout(containers=("state_dict",), prefix="ema_denoiser."),
 }
 
 # Prefixes added by wrappers rather than by the model: DDP/DataParallel and torch.compile.
@@ -386,3 +391,148 @@ def load_official_dit(path: str | Path, name: str | None = None, **overrides: An
     if _has_meta_tensors(model):  # something the state dict does not hold (a non-persistent buffer)
         model = load_into(create_model(name, **kwargs), state_dict, name)
     return model.eval()
+
+
+# ----------------------------------------------------------------------------
+# MDT / MDTv2 (``mdt_xl2_v1_ckpt.pt``: MDT-XL/2, decode_layer 2; ``mdt_xl2_v2_ckpt.pt``: MDTv2-XL/2, 4).
+
+
+def _count_indexed(state_dict: Mapping[str, Tensor], prefix: str) -> int:
+    """How many ``prefix.<i>.`` modules the keys hold."""
+    return len({m.group(1) for k in state_dict if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))})
+
+
+def mdt_sizes_from_weights(state_dict: Mapping[str, Tensor], family: str) -> dict[str, Any]:
+    """The data sizes (input_size, num_classes) and, for MDTv2, the decode_layer that the weights fix.
+
+    MDT v1's keys (``blocks.0..depth-1``) do not say where the decoder starts, so its decode_layer is not here.
+    """
+    for key in ("pos_embed", "x_embedder.proj.weight", "y_embedder.embedding_table.weight"):
+        if key not in state_dict:
+            raise ValueError(f"not an {family} state dict: missing {key}")
+    tokens, patch = state_dict["pos_embed"].shape[1], state_dict["x_embedder.proj.weight"].shape[-1]
+    sizes = {"input_size": math.isqrt(tokens) * patch,
+             "num_classes": state_dict["y_embedder.embedding_table.weight"].shape[0] - 1}
+    if family == "MDTv2":
+        sizes["decode_layer"] = _count_indexed(state_dict, "de_blocks")
+    return sizes
+
+
+def load_official_mdt(path: str | Path, name: str = "MDTv2-XL/2", **overrides: Any) -> nn.Module:
+    """Build the MDT/MDTv2 preset ``name`` for an official checkpoint and load it strictly; eval mode.
+
+    Input size, classes and (MDTv2) decode_layer come from the weights; an explicit ``decode_layer`` that
+    disagrees with the checkpoint's ``de_blocks`` is refused naming the one it needs (issue #26 of the official
+    repository). MDT v1 weights do not encode decode_layer: pass it if it is not the XL/2 default (2).
+    """
+    family = "MDTv2" if name.startswith("MDTv2") else "MDT"
+    if family == "MDT" and not name.startswith("MDT"):
+        raise ValueError(f"{name!r} is not an MDT model; allowed: MDT, MDTv2 or one of their presets")
+    state_dict = load_official_state_dict(path, family=family)
+    sizes = mdt_sizes_from_weights(state_dict, family)
+    wanted = overrides.get("decode_layer")
+    if family == "MDTv2" and wanted is not None and wanted != sizes["decode_layer"]:
+        raise ValueError(
+            f"{path} has {sizes['decode_layer']} de_blocks: it needs decode_layer={sizes['decode_layer']}, "
+            f"not decode_layer={wanted}"
+        )
+    kwargs = {**sizes, **overrides}
+    with torch.device("meta"):  # no random init of weights that the checkpoint replaces anyway
+        model = create_model(name, **kwargs)
+    return load_into(model, state_dict, name).eval()
+
+
+# ----------------------------------------------------------------------------
+# DDT (Lightning ``.ckpt``: ``state_dict`` with ``denoiser.``, ``ema_denoiser.`` and ``diffusion_trainer.proj.``).
+
+REPA_PROJECTOR_PREFIX = "diffusion_trainer.proj."
+
+
+def _ddt_weights(checkpoint: Any, source: str) -> dict[str, Tensor]:
+    """The EMA denoiser of a DDT Lightning checkpoint, or a bare DDT state dict (ours) as it is."""
+    if _is_state_dict(checkpoint) and not any(k.startswith("ema_denoiser.") for k in checkpoint):
+        return strip_wrapper_prefixes(dict(checkpoint))
+    return extract_state_dict(checkpoint, LAYOUTS["DDT"], source)
+
+
+def _repa_projector(checkpoint: Any) -> nn.Module | None:
+    """REPA's projector MLP from ``diffusion_trainer.proj.*`` when the checkpoint holds it, else None."""
+    weights = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else {}
+    proj = {k[len(REPA_PROJECTOR_PREFIX):]: v for k, v in weights.items() if k.startswith(REPA_PROJECTOR_PREFIX)}
+    if not proj:
+        return None
+    from .repa import build_projector
+
+    (hidden, width), out_dim = proj["0.0.weight"].shape, proj["0.4.weight"].shape[0]
+    projector = build_projector(width, hidden, out_dim)
+    projector.load_state_dict(proj, strict=True)
+    return projector
+
+
+def infer_ddt_sizes(state_dict: Mapping[str, Tensor], patch_size: int = 2) -> dict[str, Any]:
+    """DDT constructor kwargs the weights fix, given the patch size (C*p*p is all the embedder shows).
+
+    The encoder/decoder split is not among them: the blocks of both halves have the same keys and shapes.
+    """
+    for key in ("x_embedder.proj.weight", "y_embedder.embedding_table.weight", "blocks.0.attn.q_norm.weight"):
+        if key not in state_dict:
+            raise ValueError(f"not a DDT state dict: missing {key}")
+    hidden, features = state_dict["x_embedder.proj.weight"].shape  # features = C * p * p, (C, p, p) order
+    if features % (patch_size * patch_size):
+        raise ValueError(f"patch features {features} are not C * p * p for patch_size={patch_size}")
+    return {
+        "in_channels": features // (patch_size * patch_size),
+        "patch_size": patch_size,
+        "hidden_size": hidden,
+        "num_groups": hidden // state_dict["blocks.0.attn.q_norm.weight"].shape[0],
+        "num_blocks": _dit_depth(state_dict),
+        "num_classes": state_dict["y_embedder.embedding_table.weight"].shape[0] - 1,
+    }
+
+
+def _ddt_splits_for(hidden_size: int, num_blocks: int) -> list[str]:
+    """DDT presets of this width and depth, e.g. ["DDT-XL/2-22en6de"]."""
+    return [name for name, preset in FAMILIES["DDT"].presets.items()
+            if (preset["hidden_size"], preset["num_blocks"]) == (hidden_size, num_blocks)]
+
+
+def _check_ddt_split(sizes: Mapping[str, Any], requested: Mapping[str, Any], source: str) -> int:
+    """The encoder block count to build; a one-line error when the requested split cannot fit the weights."""
+    blocks, fits = sizes["num_blocks"], _ddt_splits_for(sizes["hidden_size"], sizes["num_blocks"])
+    fitting = " or ".join(fits) or f"a split NenMde with N + M = {blocks} (pass num_encoder_blocks)"
+    enc, total = requested.get("num_encoder_blocks"), requested.get("num_blocks", blocks)
+    for key in ("hidden_size", "num_groups"):
+        if key in requested and requested[key] != sizes[key]:
+            raise ValueError(f"{source} has {key}={sizes[key]}, not {requested[key]}; it fits {fitting}")
+    if total != blocks or (enc is not None and not 0 <= enc <= blocks):
+        split = f"{enc}en{total - enc}de" if enc is not None else f"{total} blocks"
+        raise ValueError(f"{source} has {blocks} blocks, so the split {split} does not fit; it fits {fitting}")
+    if enc is None:
+        if not fits:
+            raise ValueError(f"{source}: no DDT preset has {blocks} blocks of width {sizes['hidden_size']}; "
+                             "pass num_encoder_blocks=N (the split is not stored in the weights)")
+        enc = FAMILIES["DDT"].presets[fits[0]]["num_encoder_blocks"]
+    return int(enc)
+
+
+def load_official_ddt(path: str | Path, name: str = "DDT", **overrides: Any) -> tuple[nn.Module, nn.Module | None]:
+    """(DDT in eval mode, REPA projector or None) from an official Lightning ``.ckpt`` (or a bare state dict).
+
+    The EMA weights (``ema_denoiser.``) load strictly; the REPA projector (``diffusion_trainer.proj.``) is
+    returned when present. ``name`` is "DDT" (everything from the weights; the split from the preset of the
+    same size unless ``num_encoder_blocks`` is given) or a preset, whose split must fit the weights' depth.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    presets = FAMILIES["DDT"].presets
+    if name != "DDT" and name not in presets:
+        raise ValueError(f"unknown DDT model {name!r}; allowed: DDT, {', '.join(presets)}")
+    requested = {**presets.get(name, {}), **overrides}
+    checkpoint = _read_file(path)
+    state_dict = _ddt_weights(checkpoint, str(path))
+    sizes = infer_ddt_sizes(state_dict, requested.get("patch_size", 2))
+    kwargs = {**sizes, **overrides, "num_encoder_blocks": _check_ddt_split(sizes, requested, str(path))}
+    with torch.device("meta"):  # no random init of weights that the checkpoint replaces anyway
+        model = create_model("DDT", **kwargs)
+    return load_into(model, state_dict, name).eval(), _repa_projector(checkpoint)

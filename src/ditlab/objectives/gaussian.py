@@ -271,8 +271,13 @@ class GaussianDiffusion:
     # ---- reverse process p -----------------------------------------------------------------------------
 
     def model_output(self, model: Model, x_t: Tensor, t: Tensor, **model_kwargs) -> Tensor:
-        """The raw model output at process index t; the model sees the original timestep timestep_map[t]."""
-        return model(x_t, self.original_timesteps(t), **model_kwargs)
+        """The raw model output at process index t; the model sees the original timestep timestep_map[t].
+
+        A bf16/fp16 output (autocast) is promoted to x_t's dtype: the loss terms (the VB's log-variances in
+        particular) are computed in full precision.
+        """
+        out = model(x_t, self.original_timesteps(t), **model_kwargs)
+        return out.to(x_t.dtype) if out.dtype != x_t.dtype and out.is_floating_point() else out
 
     def _split_output(self, model_output: Tensor, x_t: Tensor) -> tuple[Tensor, Tensor | None]:
         """(prediction, variance values or None), checking the channel count against the config."""

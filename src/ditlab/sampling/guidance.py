@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,23 @@ from .ddpm import Denoiser
 
 # scale_fn(t) -> (N,) guidance scales, t on the original timestep scale (e.g. MDT's power-cosine schedule).
 ScaleFn = Callable[[Tensor], Tensor]
+
+
+def power_cosine_scale(scale: float = 3.8, power: float = 4.0, num_timesteps: int = 1000) -> ScaleFn:
+    """MDT's power-cosine schedule ``w_t = (w − 1)·(1 − cos(π (1 − t/T)^pow))/2 + 1`` as a ``scale_fn(t)``.
+
+    w_t ≈ 1 at t ≈ T (pure noise) and w at t = 0; a large ``power`` keeps w_t near 1 for longer. Defaults are
+    the official FID setting (``image_sample.py``: cfg_scale 3.8, scale_pow 4, T = 1000). Evaluated in float32
+    in the official order of operations, so guided outputs match ``forward_with_cfg``.
+    """
+    if num_timesteps < 1 or power <= 0:
+        raise ValueError(f"power_cosine_scale needs num_timesteps >= 1 and power > 0, got {num_timesteps}, {power}")
+
+    def scale_fn(t: Tensor) -> Tensor:
+        step = (1 - torch.cos(((1 - t / num_timesteps) ** power) * math.pi)) / 2
+        return (scale - 1) * step + 1
+
+    return scale_fn
 
 
 @dataclass

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models.repa import REPAConfig
 from ..objectives import DiffusionConfig
+from ..objectives.flow import FlowConfig
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -24,11 +26,15 @@ class TrainConfig:
     image_size: int = 16  # digits: side the 8x8 images are upsampled to
     objective: str = "diffusion"  # training objective; see ditlab.train.objective.OBJECTIVES
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)  # settings of objective="flow"
+    repa: REPAConfig = field(default_factory=REPAConfig)  # REPA alignment (objective="flow" only)
     steps: int = 1000  # total optimizer steps of the run (a resumed run continues up to this)
     global_batch: int = 64  # images per step over all processes
     lr: float = 1e-4  # AdamW learning rate (DiT: 1e-4 constant)
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
+    optimizer: str = "adamw"  # "adamw" or "adan" (MDTv2's; with adan_betas, the official package defaults)
+    adan_betas: tuple[float, float, float] = (0.98, 0.92, 0.99)  # Adan's (β1, β2, β3), weights of the old averages
     warmup_steps: int = 0  # linear learning-rate warm-up; 0 = constant (official)
     max_grad_norm: float | None = None  # gradient clipping; None = off (official DiT)
     ema_decay: float = 0.9999
@@ -49,6 +55,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.diffusion, dict):
             self.diffusion = DiffusionConfig(**self.diffusion)
+        if isinstance(self.flow, dict):
+            self.flow = FlowConfig(**self.flow)
+        if isinstance(self.repa, dict):
+            self.repa = REPAConfig(**self.repa)
+        if self.repa.enabled and self.objective != "flow":
+            raise ValueError(f"REPA is on but objective={self.objective!r}; REPA needs objective='flow'")
         self.betas = tuple(self.betas)  # JSON round-trips tuples as lists
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")

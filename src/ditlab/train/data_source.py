@@ -9,10 +9,12 @@ import torch
 from torch import Tensor
 
 from ..data.digits import DigitsDataset
-from ..vae import IdentityCodec
+from ..data.images import ImageFolder
+from ..data.latents import LatentShards, draw_seed
+from ..vae import IdentityCodec, load_codec
 from .distributed import DistInfo
 
-DATA_KINDS = ("digits",)
+DATA_KINDS = ("digits", "latents:DIR", "images:DIR")
 
 
 @dataclass
@@ -32,8 +34,24 @@ class DataSource:
     codec: Any
     device: torch.device
 
-    def batch(self, indices: list[int]) -> tuple[Tensor, Tensor]:
-        x, y = self.dataset.get_batch(indices)
+    seed: int = 0  # seeds the per-example draws (flip, latent sample) of random datasets
+
+    def batch(self, indices: list[int], step: int | None = None) -> tuple[Tensor, Tensor]:
+        """The examples ``indices``; random datasets (latents, images) draw each example's flip and latent
+        sample from a generator seeded by (seed, step, index) when ``step`` is given, so the draws do not
+        depend on the global RNG (hence survive a resume and any number of processes); without ``step``
+        they use the global RNG."""
+        if isinstance(self.dataset, (LatentShards, ImageFolder)):
+            generators = None if step is None else [
+                torch.Generator().manual_seed(draw_seed(self.seed, step, i)) for i in indices]
+            if isinstance(self.dataset, LatentShards):
+                x, y = self.dataset.get_batch(indices, generators)
+            else:
+                flips = torch.stack([torch.randint(0, 2, (), generator=g) for g in generators]) if generators \
+                    else torch.randint(0, 2, (len(indices),))
+                x, y = self.dataset.get_batch(indices, flips.bool())
+        else:
+            x, y = self.dataset.get_batch(indices)
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
@@ -44,4 +62,15 @@ def build_data_source(config: Any, info: DistInfo) -> DataSource:
         ds = DigitsDataset(config.image_size)
         return DataSource(ds, len(ds), ds.channels, ds.image_size, ds.num_classes, IdentityCodec(ds.channels),
                           info.device)
+    path = config.data.split(":", 1)[1] if ":" in config.data else ""
+    if kind in ("latents", "images") and not path:
+        raise ValueError(f"data={config.data!r} needs a folder: {kind}:DIR")
+    if kind == "latents":  # extracted by `ditlab extract-latents`; the VAE only decodes sample grids
+        ds = LatentShards(path)
+        codec = load_codec(ds.index["vae"], ds.channels, info.device)
+        return DataSource(ds, len(ds), ds.channels, ds.input_size, ds.num_classes, codec, info.device, config.seed)
+    if kind == "images":  # pixel space: ADM center crop to image_size, random flip
+        ds = ImageFolder(path, config.image_size)
+        return DataSource(ds, len(ds), ds.channels, ds.image_size, ds.num_classes, IdentityCodec(ds.channels),
+                          info.device, config.seed)
     raise ValueError(f"data={config.data!r} is not a known dataset; allowed: {', '.join(DATA_KINDS)}")

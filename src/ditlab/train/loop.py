@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data import StepBatchSampler
+from ..optim import Adan
 from ..registry import create_model, family_of
 from . import checkpoint as ckpt
 from .config import TrainConfig
@@ -31,7 +32,7 @@ from .data_source import DataSource, build_data_source
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
 from .ema import EMA
 from .logger import MetricsLogger
-from .objective import build_objective, required_out_channels
+from .objective import build_objective, required_out_channels, sampling_config, trainable_parameters
 
 
 class NonFiniteLossError(RuntimeError):
@@ -94,11 +95,18 @@ def build_model(config: TrainConfig, data: DataSource) -> nn.Module:
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters (fused kernel on CUDA); models may supply their own groups."""
+    """AdamW (fused kernel on CUDA) or Adan over the trainable parameters; models may supply their own groups.
+
+    Adan's own global-norm clipping stays off: ``max_grad_norm`` is applied by the loop for every optimizer.
+    """
+    if config.optimizer not in ("adamw", "adan"):
+        raise ValueError(f"optimizer={config.optimizer!r} is not one of adamw, adan")
     if hasattr(model, "optimizer_param_groups"):
         groups = model.optimizer_param_groups(config.weight_decay)
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if config.optimizer == "adan":
+        return Adan(groups, lr=config.lr, betas=tuple(config.adan_betas), weight_decay=config.weight_decay)
     return torch.optim.AdamW(
         groups, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
         fused=device.type == "cuda",
@@ -112,14 +120,17 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr
 
 
-def restore(run_dir: Path, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer, device: torch.device) -> int:
-    """Load the newest complete checkpoint into model, EMA and optimizer; returns its step."""
+def restore(run_dir: Path, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer, device: torch.device,
+            objective: nn.Module | None = None) -> int:
+    """Load the newest complete checkpoint into model, EMA, optimizer (and a trainable objective); returns its step."""
     step = ckpt.saved_steps(run_dir / "checkpoints")[-1]
     weights_path, state_path = ckpt.checkpoint_paths(run_dir / "checkpoints", step)
     try:
         state = ckpt.load_train_state(state_path, device)
         ema_state, _ = ckpt.load_weights(weights_path)
         model.load_state_dict(state["model"], strict=True)
+        if objective is not None:
+            objective.load_state_dict(state["objective"], strict=True)
         opt.load_state_dict(state["optimizer"])
         ema.load_state_dict(ema_state)
     except (RuntimeError, KeyError, OSError) as err:
@@ -130,14 +141,18 @@ def restore(run_dir: Path, model: nn.Module, ema: EMA, opt: torch.optim.Optimize
 
 
 def save(run_dir: Path, step: int, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
-         config: TrainConfig) -> Path:
+         config: TrainConfig, objective: nn.Module | None = None) -> Path:
     metadata = {
         "family": family_of(model),
         "model": config.model,
         "config": dataclasses.asdict(model.config),
         "diffusion": config.to_dict()["diffusion"],
+        "objective": config.objective,
+        "flow": config.to_dict()["flow"],
     }
     train_state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}
+    if objective is not None:  # trainable objective parts (REPA's projector)
+        train_state["objective"] = objective.state_dict()
     path = ckpt.save_checkpoint(run_dir / "checkpoints", step, ema.state_dict(), metadata, train_state)
     ckpt.prune_checkpoints(run_dir / "checkpoints", config.keep_checkpoints)
     return path
@@ -154,10 +169,14 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     data = build_data_source(config, info)
     torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run of this config
     model = build_model(config, data).to(info.device)
-    objective = build_objective(config)
+    objective = build_objective(config, model=model, codec=data.codec)
+    objective_params = trainable_parameters(objective)  # e.g. REPA's projector, trained with the backbone
+    trained_objective = objective.to(info.device) if objective_params else None
     ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
     opt = build_optimizer(model, config, info.device)
-    start = restore(run_dir, model, ema, opt, info.device) if resume else 0
+    if objective_params:
+        opt.add_param_group({"params": objective_params})
+    start = restore(run_dir, model, ema, opt, info.device, trained_objective) if resume else 0
     model.grad_checkpointing = config.grad_checkpointing
     if config.compile:
         for block in model.blocks:
@@ -175,7 +194,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     model.train()
     for step, indices in zip(range(start, config.steps), sampler, strict=False):
         # Data and randomness of this step are functions of (seed, rank, step) alone.
-        x0, y = data.batch(indices)
+        x0, y = data.batch(indices, step=step)
         torch.manual_seed(step_seed(config.seed, info.rank, step))
         for group in opt.param_groups:
             group["lr"] = learning_rate(config, step)
@@ -192,6 +211,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             raise NonFiniteLossError(f"loss became {loss_value} at step {step}; stopped, {where}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        _average_gradients(objective_params, info.world_size)
         grad_norm = _clip_gradients(model, config.max_grad_norm)
         opt.step()
         ema.update(model, step)
@@ -206,7 +226,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             window, tic = [], time.perf_counter()
         if done % config.ckpt_every == 0 or done == config.steps:
             if info.is_main:
-                last_ckpt = save(run_dir, done, model, ema, opt, config)
+                last_ckpt = save(run_dir, done, model, ema, opt, config, trained_objective)
             barrier()
         if info.is_main and _wants_grid(config, done):
             _save_grid(run_dir, done, ema.module, config, data)
@@ -214,6 +234,15 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     logger.close()
     barrier()
     return TrainResult(run_dir, config.steps, last_ckpt, loss_value, logger.rows, info.is_main)
+
+
+def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:
+    """All-reduce the gradients of parameters outside DDP (a trainable objective's) to their mean over ranks."""
+    if world_size > 1:
+        for p in params:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world_size
 
 
 def _clip_gradients(model: nn.Module, max_norm: float | None) -> float:
@@ -252,7 +281,7 @@ def _save_grid(run_dir: Path, step: int, model: nn.Module, config: TrainConfig, 
 
     classes = min(data.num_classes, 10)
     labels = torch.arange(classes).repeat_interleave(8)
-    images = generate(model, config.diffusion, labels, sampler_steps=config.sample_steps,
+    images = generate(model, sampling_config(config), labels, sampler_steps=config.sample_steps,
                       cfg_scale=config.sample_cfg, seed=config.seed, codec=data.codec)
     save_grid(images, run_dir / "samples" / f"step_{step:07d}.png", nrow=8, scale=max(1, 64 // images.shape[-1]))
 

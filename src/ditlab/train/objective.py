@@ -8,20 +8,56 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from ..objectives import GaussianDiffusion
+from ..objectives.flow import FlowMatching
+from ..objectives.masked import MaskedDiffusionObjective
 
-OBJECTIVES = ("diffusion",)  # "diffusion": DDPM-family Gaussian diffusion (DiT's)
+# "diffusion": DDPM-family Gaussian diffusion (DiT's); "mdt": the same, plus MDT's masked pass (MDT/MDTv2 models);
+# "flow": linear-path flow matching (DDT's; DiT under it is SiT), plus REPA when config.repa.enabled
+OBJECTIVES = ("diffusion", "mdt", "flow")
 
 
-def build_objective(config: Any) -> Any:
-    """The objective object for a TrainConfig."""
+def build_objective(config: Any, model: nn.Module | None = None, codec: Any = None) -> Any:
+    """The objective object for a TrainConfig (``model``/``codec``: size REPA's projector, decode its images)."""
     if config.objective == "diffusion":
         return GaussianDiffusion(config.diffusion)
+    if config.objective == "mdt":
+        return MaskedDiffusionObjective(GaussianDiffusion(config.diffusion))
+    if config.objective == "flow":
+        return build_flow_objective(config, model, codec)
     raise ValueError(f"objective={config.objective!r} is not one of {', '.join(OBJECTIVES)}")
 
 
 def required_out_channels(config: Any, in_channels: int) -> int:
     """Output channels the objective needs from a backbone with ``in_channels`` inputs."""
-    if config.objective == "diffusion":
+    if config.objective in ("diffusion", "mdt"):
         return 2 * in_channels if config.diffusion.learn_sigma else in_channels
     return in_channels
+
+
+def build_flow_objective(config: Any, model: nn.Module | None, codec: Any = None) -> Any:
+    """Flow matching, wrapped with REPA (projector + frozen DINOv2 from ``config.repa.encoder_path``) when on."""
+    flow = FlowMatching(config.flow)
+    if not config.repa.enabled:
+        return flow
+    from ..models.repa import REPAFlowMatching, load_dinov2
+
+    path = config.repa.check_encoder_path()
+    if model is None:
+        raise ValueError("REPA needs the backbone to size its projector; pass model=")
+    to_images = None if codec is None else codec.decode
+    return REPAFlowMatching(flow, config.repa, model.config.hidden_size, load_dinov2(path), to_images)
+
+
+def sampling_config(config: Any) -> Any:
+    """The objective config samplers need: ``config.flow`` for flow matching, else ``config.diffusion``."""
+    return config.flow if config.objective == "flow" else config.diffusion
+
+
+def trainable_parameters(objective: Any) -> list[nn.Parameter]:
+    """Parameters an objective trains alongside the backbone (REPA's projector); [] for plain objectives."""
+    if not isinstance(objective, nn.Module):
+        return []
+    return [p for p in objective.parameters() if p.requires_grad]

@@ -1,0 +1,287 @@
+"""Latents extracted once, stored in shards, read directly by training (the VAE never runs in the loop).
+
+Layout of an extraction folder::
+
+    extract.json              what was extracted (image folder, VAE, sizes): a rerun must match it
+    shard_000000.safetensors  mean, std: (n, 2, C, h, w) for [image, its horizontal flip]; labels, indices: (n,)
+    ...
+    index.json                written last, once every shard exists: shard list, counts, class names, VAE
+
+Shard ``k`` holds images ``[k·S, (k+1)·S)`` of the sorted folder, so its content does not depend on how many
+processes ran. Each shard is written atomically (temporary file, fsync, rename) and an existing shard is never
+redone, so a crashed run is resumed by running the same command again. Storing the posterior's mean and std
+(as EDM2's dataset_tool and DDT do) lets training draw a fresh latent ``mean + std·ε`` every time an image is
+seen, instead of freezing one sample per image as fast-DiT's ``extract_features.py`` does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .images import BadImageError, ImageFolder, to_model_tensor
+
+INDEX_FILE = "index.json"
+CONFIG_FILE = "extract.json"
+FORMAT = "ditlab-latents/1"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class ExtractConfig:
+    """``ditlab extract-latents``: encode an image folder once into latent shards."""
+
+    data: str = ""  # image folder: root/<class>/<image>, classes = sorted sub-folders
+    out: str = "latents"  # output folder (shards + index.json); rerun the same command to resume
+    vae: str = "stabilityai/sd-vae-ft-ema"  # VAE folder or cached hub id; "identity" stores pixels
+    image_size: int = 256  # ADM center-crop side (256 or 512 in the papers)
+    num_classes: int | None = None  # classes the model will have; fewer class folders is an error
+    shard_size: int = 1024  # images per shard
+    batch_size: int = 32  # images per VAE forward
+    dtype: str = "float16"  # storage dtype of mean/std: float16, bfloat16 or float32
+    skip_bad: bool = False  # skip (and count) unreadable images instead of stopping at the first
+    device: str | None = None  # "cpu" / "cuda"; None = CUDA when available
+    allow_download: bool = False  # let a hub-id VAE be downloaded when not cached
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
+        for name in ("shard_size", "batch_size", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+
+    def identity(self, num_files: int) -> dict[str, Any]:
+        """What must be equal for a rerun to continue a previous extraction."""
+        keys = ("data", "vae", "image_size", "shard_size", "dtype", "skip_bad")
+        return {**{k: getattr(self, k) for k in keys}, "num_files": num_files, "format": FORMAT}
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """:func:`ditlab.train.checkpoint.atomic_write` (imported late: ``ditlab.train`` imports this module)."""
+    from ..train.checkpoint import atomic_write as write_atomically
+
+    write_atomically(path, write)
+
+
+def shard_path(out: Path, k: int) -> Path:
+    return Path(out) / f"shard_{k:06d}.safetensors"
+
+
+def shard_ranges(num_images: int, shard_size: int) -> list[range]:
+    """Image index range of every shard."""
+    return [range(s, min(s + shard_size, num_images)) for s in range(0, num_images, shard_size)]
+
+
+def _check_or_write_config(out: Path, identity: dict[str, Any], is_main: bool) -> None:
+    path = out / CONFIG_FILE
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in identity if previous.get(k) != identity[k])
+        if changed:
+            diffs = ", ".join(f"{k}: {previous.get(k)!r} -> {identity[k]!r}" for k in changed)
+            raise ValueError(f"{out} holds a different extraction ({diffs}); use a new --out folder")
+    elif is_main:
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(identity, indent=2) + "\n"))
+
+
+def encode_shard(dataset: ImageFolder, codec: Any, indices: range, batch_size: int, skip_bad: bool,
+                 dtype: torch.dtype) -> tuple[dict[str, Tensor], list[str]]:
+    """Tensors of one shard (posterior of each image and its flip) and the unreadable files skipped."""
+    means, stds, labels, kept, skipped = [], [], [], [], []
+    for start in range(indices.start, indices.stop, batch_size):
+        images, batch_labels, batch_kept = [], [], []
+        for i in range(start, min(start + batch_size, indices.stop)):
+            try:
+                image, label = dataset.load(i)
+            except BadImageError:
+                if not skip_bad:
+                    raise
+                skipped.append(str(dataset.files[i][0]))
+                continue
+            images.append(image)
+            batch_labels.append(label)
+            batch_kept.append(i)
+        if not images:
+            continue
+        x = to_model_tensor(np.stack(images))
+        mean, std = codec.encode_posterior(torch.cat([x, x.flip(-1)]))  # (2n, C, h, w)
+        n = len(images)
+        means.append(torch.stack([mean[:n], mean[n:]], 1).to("cpu", dtype))
+        stds.append(torch.stack([std[:n], std[n:]], 1).to("cpu", dtype))
+        labels.extend(batch_labels)
+        kept.extend(batch_kept)
+    if not kept:
+        raise ValueError(f"images {indices.start}..{indices.stop - 1} of {dataset.root} are all unreadable")
+    tensors = {"mean": torch.cat(means), "std": torch.cat(stds), "labels": torch.tensor(labels, dtype=torch.int64),
+               "indices": torch.tensor(kept, dtype=torch.int64)}
+    return tensors, skipped
+
+
+def write_shard(path: Path, tensors: dict[str, Tensor], skipped: list[str]) -> None:
+    """Atomically write one shard; the list of skipped files travels in its metadata."""
+    meta = {"skipped": json.dumps(skipped)}
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta))
+
+
+def _shard_summary(path: Path) -> dict[str, Any]:
+    with safe_open(str(path), framework="pt") as f:
+        count = f.get_slice("labels").get_shape()[0]
+        skipped = json.loads((f.metadata() or {}).get("skipped", "[]"))
+    return {"file": path.name, "count": count, "skipped": skipped}
+
+
+def write_index(out: Path, dataset: ImageFolder, codec: Any, config: ExtractConfig, num_shards: int) -> Path:
+    """Write ``index.json`` from the shards on disk (all must exist)."""
+    shards = [_shard_summary(shard_path(out, k)) for k in range(num_shards)]
+    with safe_open(str(shard_path(out, 0)), framework="pt") as f:
+        latent_shape = f.get_slice("mean").get_shape()[2:]
+    index = {
+        "format": FORMAT,
+        "num_images": sum(s["count"] for s in shards),
+        "num_skipped": sum(len(s["skipped"]) for s in shards),
+        "num_classes": dataset.num_classes,
+        "classes": dataset.classes,
+        "image_size": config.image_size,
+        "latent_shape": list(latent_shape),
+        "vae": config.vae,
+        "scaling_factor": getattr(codec, "scaling_factor", 1.0),
+        "shards": [{"file": s["file"], "count": s["count"]} for s in shards],
+        "skipped": [p for s in shards for p in s["skipped"]],
+    }
+    path = out / INDEX_FILE
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(index, indent=1) + "\n"))
+    return path
+
+
+def extract_latents(config: ExtractConfig, codec: Any = None, rank: int = 0, world_size: int = 1,
+                    on_shard: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Encode ``config.data`` into shards under ``config.out``; rank ``r`` of ``W`` does shards ``k ≡ r (mod W)``.
+
+    Finished shards are skipped, so a rerun continues a crashed one. ``on_shard(k)`` is called after shard
+    ``k`` is written (progress hooks, tests). Returns the index (the caller's rank 0 writes it after a barrier,
+    see :func:`run_extract`); on other ranks a summary of this rank's work.
+    """
+    from ..vae import load_codec
+
+    out = Path(config.out)
+    dataset = ImageFolder(config.data, config.image_size, config.num_classes)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_or_write_config(out, config.identity(len(dataset)), rank == 0)
+    if codec is None:
+        codec = load_codec(config.vae, 3, config.device or "cpu", config.allow_download)
+    ranges = shard_ranges(len(dataset), config.shard_size)
+    mine = [k for k in range(len(ranges)) if k % world_size == rank]
+    todo = [k for k in mine if not shard_path(out, k).is_file()]
+    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), disable=not (rank == 0 and config.progress),
+               desc="extract-latents", unit="shard", dynamic_ncols=True)
+    for k in todo:
+        tensors, skipped = encode_shard(dataset, codec, ranges[k], config.batch_size, config.skip_bad,
+                                        DTYPES[config.dtype])
+        write_shard(shard_path(out, k), tensors, skipped)
+        bar.update(1)
+        if on_shard is not None:
+            on_shard(k)
+    bar.close()
+    return {"dataset": dataset, "codec": codec, "num_shards": len(ranges), "written": todo}
+
+
+def run_extract(config: ExtractConfig, codec: Any = None, on_shard: Callable[[int], None] | None = None) -> Path:
+    """``ditlab extract-latents``: one process or torchrun; rank 0 writes ``index.json`` at the end."""
+    from ..train.distributed import barrier, init_distributed
+    from ..vae import load_codec
+
+    info = init_distributed(config.device)
+    if codec is None:
+        codec = load_codec(config.vae, 3, info.device, config.allow_download)
+    work = extract_latents(config, codec, info.rank, info.world_size, on_shard)
+    barrier()
+    index_path = Path(config.out) / INDEX_FILE
+    if info.is_main:
+        write_index(Path(config.out), work["dataset"], work["codec"], config, work["num_shards"])
+    barrier()
+    return index_path
+
+
+# ----------------------------------------------------------------------------
+# Reading shards.
+
+
+def draw_seed(seed: int, step: int, index: int) -> int:
+    """Seed of the random draws (flip, ε) of example ``index`` at training step ``step``."""
+    return ((seed * 1_000_003 + step) * 2_654_435_761 + index) % (2**63 - 1)
+
+
+class LatentShards:
+    """The examples of an extraction folder; each read draws a flip and a fresh latent ``mean + std·ε``.
+
+    Shards are memory-mapped (safetensors) and only the rows asked for are read.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        path = self.folder / INDEX_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: run `ditlab extract-latents --out {self.folder}` "
+                                    "to completion first")
+        self.index = json.loads(path.read_text())
+        if self.index.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a {FORMAT} index (format={self.index.get('format')!r})")
+        counts = [s["count"] for s in self.index["shards"]]
+        self._starts = [sum(counts[:k]) for k in range(len(counts))]
+        self._size = sum(counts)
+        self._handles: dict[int, Any] = {}
+        self.channels, self.input_size = self.index["latent_shape"][0], self.index["latent_shape"][1]
+        self.num_classes = int(self.index["num_classes"])
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        if not 0 <= i < self._size:
+            raise IndexError(f"example {i} out of range [0, {self._size})")
+        lo, hi = 0, len(self._starts) - 1
+        while lo < hi:  # last shard whose start <= i
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if self._starts[mid] <= i else (lo, mid - 1)
+        return lo, i - self._starts[lo]
+
+    def _handle(self, k: int) -> Any:
+        if k not in self._handles:
+            self._handles[k] = safe_open(str(self.folder / self.index["shards"][k]["file"]), framework="pt")
+        return self._handles[k]
+
+    def read(self, i: int) -> tuple[Tensor, Tensor, int]:
+        """(mean (2, C, h, w), std (2, C, h, w), label) of example ``i`` (row 1 = the flipped image)."""
+        k, row = self._locate(i)
+        f = self._handle(k)
+        return (f.get_slice("mean")[row : row + 1][0], f.get_slice("std")[row : row + 1][0],
+                int(f.get_slice("labels")[row : row + 1][0]))
+
+    def get_batch(self, indices: list[int], generators: list[torch.Generator] | None = None) -> tuple[Tensor, Tensor]:
+        """Latents ``mean + std·ε`` of a random flip of each example, float32, and labels.
+
+        ``generators`` (one per example) make the draws reproducible; None uses the global RNG.
+        """
+        xs, labels = [], []
+        for j, i in enumerate(indices):
+            mean, std, label = self.read(i)
+            g = generators[j] if generators is not None else None
+            flip = int(torch.randint(0, 2, (), generator=g))
+            eps = torch.randn(mean.shape[1:], generator=g)
+            xs.append(mean[flip].float() + std[flip].float() * eps)
+            labels.append(label)
+        return torch.stack(xs), torch.tensor(labels, dtype=torch.int64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_handles": {}}  # file handles are reopened where used

@@ -1,0 +1,253 @@
+"""``ditlab sample``: N images from a checkpoint into an ADM ``.npz`` (and optionally PNGs and a grid).
+
+Image ``i`` has its own seed (``seed + i``) for all its noise, and its label is a function of ``i`` alone, so
+the images do not depend on how many processes ran. The work is cut into chunks of ``batch_size`` consecutive
+images; chunk ``c`` goes to rank ``c mod W`` and is written atomically to ``<out>.parts/`` when done, so a
+crashed run continues where it stopped when the same command is run again, and every chunk is computed with
+the same batch whatever the number of processes (bitwise equal results on CPU). Rank 0 then packs the chunks
+into the ``.npz`` (``arr_0``: uint8 NHWC, ``arr_1``: labels), as DiT's ``sample_ddp.py`` + ADM expect.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .imageio import make_grid, to_uint8
+from .objectives import DiffusionConfig
+from .objectives.flow import FlowConfig
+from .sampling.generate import generate_latents
+
+LABEL_MODES = ("balanced", "random")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class SampleConfig:
+    """Everything ``ditlab sample`` needs; the identity of a run (for resume) is all but the output flags."""
+
+    checkpoint: str = ""  # step_*.safetensors from `ditlab train`, or an official DiT .pt
+    model: str | None = None  # official .pt only: preset name (e.g. DiT-XL/2); None = read off the weights
+    out: str = "samples/samples.npz"  # ADM .npz to write (arr_0 uint8 NHWC, arr_1 labels)
+    num_images: int = 50000  # N (ADM/DiT FID: 50,000)
+    labels: str = "balanced"  # "balanced": image i is class i mod classes (50K -> 50 per class); "random"; or a class
+    sampler_steps: str = "250"  # respacing: "250" DDPM (DiT FID), "ddim50" DDIM, ...
+    cfg_scale: float = 1.5  # classifier-free guidance scale (DiT FID: 1.5; 1 = none)
+    guided_channels: int | None = None  # guide only the first K channels (official DiT/MDT: 3); None = all
+    cfg_power: float | None = None  # MDT's power-cosine guidance schedule exponent (MDT FID: 4); None = constant
+    eta: float = 0.0  # DDIM η
+    cfg_interval: tuple[float, float] | None = None  # flow models: guide only for t in this interval (DDT: 0.3,1)
+    share: str | None = None  # flow models with an encoder/decoder split: "uniform:R" or "dp:K" (DDT)
+    vae: str = "stabilityai/sd-vae-ft-ema"  # VAE folder or cached hub id; "identity" for pixel-space models
+    seed: int = 0  # image i uses seed + i
+    batch_size: int = 32  # images per forward and per resumable chunk (keep it fixed across resumes)
+    precision: str = "fp32"  # "fp32" or "bf16" autocast for the backbone
+    png_dir: str | None = None  # also write every image as PNG here
+    grid: str | None = None  # also write a grid PNG of the first grid_size images
+    grid_size: int = 64  # images in the grid
+    keep_parts: bool = False  # keep <out>.parts/ after packing the npz
+    device: str | None = None  # "cpu" / "cuda"; None = CUDA when available
+    allow_download: bool = False  # let a hub-id VAE be downloaded when not cached
+    progress: bool = True  # tqdm bar on rank 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_images", "batch_size", "grid_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.labels not in LABEL_MODES and not self.labels.isdigit():
+            raise ValueError(f"labels={self.labels!r} must be one of {', '.join(LABEL_MODES)} or a class index")
+
+    def identity(self) -> dict[str, Any]:
+        keys = ("checkpoint", "model", "num_images", "labels", "sampler_steps", "cfg_scale", "guided_channels",
+                "cfg_power", "eta", "cfg_interval", "share", "vae", "seed", "batch_size", "precision")
+        out = {k: getattr(self, k) for k in keys}
+        out["cfg_interval"] = list(self.cfg_interval) if self.cfg_interval else None  # as JSON reads it back
+        return out
+
+
+# ----------------------------------------------------------------------------
+# Model and labels.
+
+
+def load_sampling_model(path: str | Path, model: str | None = None) -> tuple[nn.Module, DiffusionConfig | FlowConfig]:
+    """A backbone in eval mode and its objective config (diffusion, or flow for flow-matching runs), from our
+    checkpoint or an official DiT ``.pt``."""
+    from .registry import model_from_config
+    from .train.checkpoint import load_weights
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        state, meta = load_weights(path)
+        if "family" not in meta or "config" not in meta:
+            raise ValueError(f"{path} has no family/config metadata; is it a `ditlab train` checkpoint?")
+        net = model_from_config(meta["family"], meta["config"])
+        net.load_state_dict(state, strict=True)
+        if meta.get("objective") == "flow":
+            return net.eval(), FlowConfig(**meta["flow"])
+        diffusion = DiffusionConfig(**meta["diffusion"]) if "diffusion" in meta else DiffusionConfig()
+        return net.eval(), diffusion
+    from .models.official import load_official_dit
+
+    net = load_official_dit(path, model)
+    return net, DiffusionConfig(learn_sigma=net.out_channels == 2 * net.in_channels)
+
+
+def labels_for(indices: range, mode: str, num_classes: int, seed: int) -> torch.Tensor:
+    """Labels of images ``indices``: class i mod K, a per-index seeded draw, or one fixed class."""
+    if mode == "balanced":
+        return torch.tensor([i % num_classes for i in indices], dtype=torch.int64)
+    if mode == "random":
+        return torch.tensor([int(np.random.default_rng([seed, i]).integers(num_classes)) for i in indices])
+    if int(mode) >= num_classes:
+        raise ValueError(f"labels={mode} is not a class of this model (0..{num_classes - 1})")
+    return torch.full((len(indices),), int(mode), dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------
+# Chunks.
+
+
+def chunk_ranges(num_images: int, batch_size: int) -> list[range]:
+    return [range(s, min(s + batch_size, num_images)) for s in range(0, num_images, batch_size)]
+
+
+def parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def chunk_path(parts: Path, c: int) -> Path:
+    return parts / f"chunk_{c:06d}.npz"
+
+
+def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, codec: Any, config: SampleConfig,
+                 indices: range) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, H, W, 3) images and labels of one chunk."""
+    labels = labels_for(indices, config.labels, model.config.num_classes, config.seed)
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    with autocast:
+        latents = generate_latents(model, diffusion, labels, sampler_steps=config.sampler_steps,
+                                   cfg_scale=config.cfg_scale, guided_channels=config.guided_channels,
+                                   eta=config.eta, cfg_interval=config.cfg_interval, share=config.share,
+                                   cfg_power=config.cfg_power,
+                                   seeds=[config.seed + i for i in indices])
+    images = codec.decode(latents.float())
+    if images.shape[1] != 3:
+        raise ValueError(f"decoded images have {images.shape[1]} channels; ADM npz needs RGB (check --vae)")
+    return to_uint8(images), labels.numpy()
+
+
+def _write_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    from .train.checkpoint import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, images=images, labels=labels)
+
+    atomic_write(path, write)
+
+
+def _check_or_write_identity(parts: Path, config: SampleConfig, is_main: bool) -> None:
+    from .train.checkpoint import atomic_write
+
+    path = parts / "sample.json"
+    identity = config.identity()
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in identity if previous.get(k) != identity[k])
+        if changed:
+            diffs = ", ".join(f"{k}: {previous.get(k)!r} -> {identity[k]!r}" for k in changed)
+            raise ValueError(f"{parts} belongs to a different sampling run ({diffs}); remove it or change --out")
+    elif is_main:
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(identity, indent=2) + "\n"))
+
+
+# ----------------------------------------------------------------------------
+# Packing.
+
+
+def pack_outputs(config: SampleConfig, num_chunks: int) -> Path:
+    """Concatenate the chunks into the ADM npz; optional PNGs and grid; remove the parts."""
+    from .eval.reference import write_npz
+
+    out = Path(config.out)
+    parts = parts_dir(out)
+    images, labels = [], []
+    for c in range(num_chunks):
+        with np.load(chunk_path(parts, c)) as f:
+            images.append(f["images"])
+            labels.append(f["labels"])
+    arr, lab = np.concatenate(images), np.concatenate(labels)
+    _save_pngs_and_grid(config, arr)
+    write_npz(out, arr, lab)
+    if not config.keep_parts:
+        shutil.rmtree(parts)
+    return out
+
+
+def _save_pngs_and_grid(config: SampleConfig, images: np.ndarray) -> None:
+    from PIL import Image
+
+    if config.png_dir:
+        folder = Path(config.png_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(folder / f"{i:06d}.png")
+    if config.grid:
+        shown = images[: config.grid_size]
+        grid = make_grid(shown, nrow=max(1, math.ceil(math.sqrt(len(shown)))))
+        Path(config.grid).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(config.grid)
+
+
+# ----------------------------------------------------------------------------
+# The job.
+
+
+def run_sample(config: SampleConfig) -> Path:
+    """Generate (or finish generating) ``config.num_images`` images; returns the npz path (all ranks)."""
+    from .train.distributed import barrier, init_distributed
+    from .vae import load_codec
+
+    if not config.checkpoint:
+        raise ValueError("--checkpoint is required (a step_*.safetensors or an official DiT .pt)")
+    if not Path(config.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint {config.checkpoint} does not exist")
+    info = init_distributed(config.device)
+    out = Path(config.out)
+    parts = parts_dir(out)
+    chunks = chunk_ranges(config.num_images, config.batch_size)
+    if out.is_file() and not parts.exists():
+        raise ValueError(f"{out} already exists (a finished run); remove it or choose another --out")
+    parts.mkdir(parents=True, exist_ok=True)
+    _check_or_write_identity(parts, config, info.is_main)
+    todo = [c for c in range(len(chunks)) if c % info.world_size == info.rank and not chunk_path(parts, c).is_file()]
+    if todo:
+        model, diffusion = load_sampling_model(config.checkpoint, config.model)
+        model = model.to(info.device)
+        codec = load_codec(config.vae, model.config.in_channels, info.device, config.allow_download)
+        bar = tqdm(total=len(todo), disable=not (info.is_main and config.progress), desc="sample", unit="chunk",
+                   dynamic_ncols=True)
+        for c in todo:
+            images, labels = sample_chunk(model, diffusion, codec, config, chunks[c])
+            _write_chunk(chunk_path(parts, c), images, labels)
+            bar.update(1)
+        bar.close()
+    barrier()
+    if info.is_main:
+        pack_outputs(config, len(chunks))
+    barrier()
+    return out
