@@ -197,7 +197,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         x0, y = data.batch(indices, step=step)
         torch.manual_seed(step_seed(config.seed, info.rank, step))
         for group in opt.param_groups:
-            group["lr"] = learning_rate(config, step)
+            group["lr"] = learning_rate(config, step) * group.get("lr_scale", 1.0)  # e.g. S4D A, Δ
         with autocast:
             terms = objective.loss(net, x0, y)
         loss = terms["loss"].mean()
