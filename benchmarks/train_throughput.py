@@ -14,6 +14,8 @@ convention (``ditlab.flops.count``). Model FLOPs of a training step = 3 x 2 x MA
 backward ~ 3 forward; activation recomputation is not counted), of a CFG sampling step = 2 x 2 x MACs per
 guided image. MFU = model FLOP/s / --peak-tflops (CUDA only). Peak memory is torch's allocator peak on CUDA
 and the process's peak resident set size (RSS) on CPU, reset before each measurement where Linux allows it.
+On CPU, "CPU util" = process CPU time / (wall time x threads): near 1 when the run had its cores to itself,
+well below 1 when other processes took them; distrust rows with a low value.
 
 Examples:
   # An H100 (SXM, dense bf16 peak 989 TFLOP/s), DiT-XL/2 at 256 px:
@@ -253,18 +255,27 @@ def make_sample_step(model: nn.Module, args: argparse.Namespace, device: torch.d
 # Timing and results.
 
 
-def time_steps(step: Callable[[], None], warmup: int, iters: int, device: torch.device) -> list[float]:
-    """Seconds of each of ``iters`` timed calls after ``warmup`` untimed ones (synchronised on CUDA)."""
+def time_steps(step: Callable[[], None], warmup: int, iters: int, device: torch.device) -> tuple[list[float], float]:
+    """Wall seconds of each of ``iters`` timed calls after ``warmup`` untimed ones (synchronised on CUDA), and
+    the process CPU seconds (all threads) the timed calls used."""
     for _ in range(warmup):
         step()
     synchronize(device)
-    seconds = []
+    seconds, cpu_start = [], time.process_time()
     for _ in range(iters):
         tic = time.perf_counter()
         step()
         synchronize(device)
         seconds.append(time.perf_counter() - tic)
-    return seconds
+    return seconds, time.process_time() - cpu_start
+
+
+def cpu_utilisation(seconds: list[float], cpu_seconds: float, device: torch.device) -> float | None:
+    """CPU seconds / (wall seconds x torch threads) on CPU: ~1 when the run had its cores to itself, well
+    below 1 when other processes took them (a shared machine); None on CUDA."""
+    if device.type == "cuda":
+        return None
+    return cpu_seconds / (sum(seconds) * torch.get_num_threads())
 
 
 @dataclass
@@ -284,10 +295,11 @@ class Result:
     mfu: float | None  # model_tflops_per_s / peak_tflops, CUDA only
     peak_memory_gib: float
     memory_kind: str
+    cpu_utilisation: float | None  # CPU only: process CPU time / (wall time x threads); < ~0.9 = contended
 
 
-def summarise(name: str, seconds: list[float], batch: int, gmacs: float, args: argparse.Namespace,
-              device: torch.device) -> Result:
+def summarise(name: str, seconds: list[float], cpu_seconds: float, batch: int, gmacs: float,
+              args: argparse.Namespace, device: torch.device) -> Result:
     """Turn step times into img/s, sec/kimg, model TFLOP/s, MFU and peak memory."""
     mean = statistics.fmean(seconds)
     img_per_s = batch / mean
@@ -307,6 +319,7 @@ def summarise(name: str, seconds: list[float], batch: int, gmacs: float, args: a
         mfu=tflops / args.peak_tflops if device.type == "cuda" else None,
         peak_memory_gib=peak_memory_gib(device),
         memory_kind=memory_kind(device),
+        cpu_utilisation=cpu_utilisation(seconds, cpu_seconds, device),
     )
 
 
@@ -318,8 +331,8 @@ def measure(name: str, args: argparse.Namespace, model: nn.Module, gmacs: float,
         step, batch = make_train_step(model, args, device), args.batch_size
     else:
         step, batch = make_sample_step(model, args, device), args.sample_batch_size
-    seconds = time_steps(step, args.warmup, args.iters, device)
-    return summarise(name, seconds, batch, gmacs, args, device)
+    seconds, cpu_seconds = time_steps(step, args.warmup, args.iters, device)
+    return summarise(name, seconds, cpu_seconds, batch, gmacs, args, device)
 
 
 # ----------------------------------------------------------------------------
@@ -327,6 +340,7 @@ def measure(name: str, args: argparse.Namespace, model: nn.Module, gmacs: float,
 
 COLUMNS = (
     "step", "batch", "ms/step", "± std", "median", "img/s", "sec/kimg", "img/s/run", "TFLOP/s", "MFU", "peak GiB",
+    "CPU util",
 )
 
 
@@ -349,6 +363,7 @@ def format_result(r: Result) -> str:
         f"{r.model_tflops_per_s:.4f}" if r.model_tflops_per_s < 1 else f"{r.model_tflops_per_s:.1f}",
         f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-",
         f"{r.peak_memory_gib:.2f}",
+        f"{r.cpu_utilisation:.2f}" if r.cpu_utilisation is not None else "-",
     ))
 
 

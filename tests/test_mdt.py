@@ -301,9 +301,11 @@ def test_bad_calls_are_one_line():
     x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 1])
     with pytest.raises(ValueError, match="enable_mask=True needs a model built with mask_ratio"):
         model(x, t, y, enable_mask=True)
-    with pytest.raises(ValueError, match=r"expects \(N, 4, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"spatial size \(6, 6\); this model was built for input_size=8"):
         model(torch.randn(2, 4, 6, 6), t, y)
-    with pytest.raises(ValueError, match="class id 11 is out of range: allowed 0..10"):
+    with pytest.raises(ValueError, match=r"expects \(N, 4, 8, 8\)"):
+        model(torch.randn(2, 3, 8, 8), t, y)
+    with pytest.raises(ValueError, match=r"class id 11 is out of range: allowed 0..9 and 10 \(the null class\)"):
         model(x, t, torch.tensor([0, 11]))
     with pytest.raises(ValueError, match="keeps no token"):
         random_masking(torch.randn(1, 4, 2), 0.9)

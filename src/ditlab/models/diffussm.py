@@ -28,7 +28,18 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .layers import FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, modulate, unpatchify, xavier_init_linears
+from .layers import (
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    init_dit_embedders,
+    modulate,
+    unpatchify,
+    validate_backbone_inputs,
+    xavier_init_linears,
+    zero_adaln,
+)
 from .s4d import DISCRETIZATIONS, INITS, BidirectionalS4D, ssm_dynamics_parameters
 
 
@@ -177,17 +188,8 @@ class DiffuSSM(nn.Module):
     def initialize_weights(self) -> None:
         """DiT's init: xavier linears, N(0, 0.02) embedders, zeroed adaLN and output (adaLN-Zero)."""
         xavier_init_linears(self)
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].weight)
-        nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
+        init_dit_embedders(self.x_embedder, self.t_embedder, self.y_embedder)
+        zero_adaln(*self.blocks, self.final_layer)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
@@ -207,28 +209,7 @@ class DiffuSSM(nn.Module):
 
     def validate_inputs(self, x: Tensor, t: Tensor, y: Tensor) -> None:
         """Raise a one-line ValueError naming the bad input and what is allowed."""
-        cfg = self.config
-        if x.ndim != 4 or x.shape[1] != cfg.in_channels:
-            raise ValueError(
-                f"x has shape {tuple(x.shape)}; DiffuSSM expects (N, {cfg.in_channels}, {cfg.input_size}, "
-                f"{cfg.input_size}) with in_channels={cfg.in_channels}"
-            )
-        if tuple(x.shape[2:]) != (cfg.input_size, cfg.input_size):
-            raise ValueError(
-                f"x has spatial size {tuple(x.shape[2:])}; this model was built for input_size={cfg.input_size} "
-                f"({cfg.num_patches} tokens)"
-            )
-        if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
-            raise ValueError(f"t {tuple(t.shape)} and y {tuple(y.shape)} must both have shape ({x.shape[0]},)")
-        if not torch.compiler.is_compiling() and y.numel():
-            highest = cfg.num_classes if cfg.class_dropout_prob > 0 else cfg.num_classes - 1
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi > highest:
-                bad = lo if lo < 0 else hi
-                raise ValueError(
-                    f"class id {bad} is out of range: allowed 0..{cfg.num_classes - 1}"
-                    + (f" and {cfg.num_classes} (the null class)" if highest == cfg.num_classes else "")
-                )
+        validate_backbone_inputs("DiffuSSM", self.config, x, t, y)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor, force_drop_ids: Tensor | None = None) -> Tensor:
         """x: (N, C, H, W) noisy latents, t: (N,) timesteps, y: (N,) class ids -> (N, out_channels, H, W)."""

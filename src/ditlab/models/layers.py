@@ -333,3 +333,51 @@ def apply_rope(x: Tensor, freqs: Tensor) -> Tensor:
     """Rotate (..., L, head_dim) features by (L, head_dim/2) complex ``freqs``; adjacent channels form a pair."""
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
     return torch.view_as_real(pairs * freqs).flatten(-2).type_as(x)
+
+
+# ----------------------------------------------------------------------------
+# Shared by the backbones that take (x, t, y) on a square latent.
+
+
+def validate_backbone_inputs(name: str, config, x: Tensor, t: Tensor, y: Tensor) -> None:
+    """Raise a one-line ValueError naming the bad input and what is allowed.
+
+    ``config`` needs ``in_channels``, ``input_size``, ``num_classes`` and ``class_dropout_prob`` (> 0 adds the
+    null class ``num_classes``). The label range is read only outside ``torch.compile`` and off the meta device.
+    """
+    if x.ndim != 4 or x.shape[1] != config.in_channels:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)}; {name} expects (N, {config.in_channels}, {config.input_size}, "
+            f"{config.input_size}) with in_channels={config.in_channels}"
+        )
+    if tuple(x.shape[2:]) != (config.input_size, config.input_size):
+        raise ValueError(
+            f"x has spatial size {tuple(x.shape[2:])}; this model was built for input_size={config.input_size}"
+        )
+    if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
+        raise ValueError(f"t {tuple(t.shape)} and y {tuple(y.shape)} must both have shape ({x.shape[0]},)")
+    if torch.compiler.is_compiling() or not y.numel() or y.is_meta:
+        return
+    has_null = config.class_dropout_prob > 0
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or hi > config.num_classes - (0 if has_null else 1):
+        null = f" and {config.num_classes} (the null class)" if has_null else ""
+        raise ValueError(f"class id {lo if lo < 0 else hi} is out of range: allowed 0..{config.num_classes - 1}{null}")
+
+
+def init_dit_embedders(x_embedder: PatchEmbed | None, t_embedder: TimestepEmbedder, y_embedder: LabelEmbedder) -> None:
+    """DiT's embedder init: xavier patch projection (on its (D, -1) view), N(0, 0.02) label table and t-MLP."""
+    if x_embedder is not None:
+        w = x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        nn.init.zeros_(x_embedder.proj.bias)
+    nn.init.normal_(y_embedder.embedding_table.weight, std=0.02)
+    nn.init.normal_(t_embedder.mlp[0].weight, std=0.02)
+    nn.init.normal_(t_embedder.mlp[2].weight, std=0.02)
+
+
+def zero_adaln(*modules: nn.Module) -> None:
+    """adaLN-Zero: zero the last linear of each module's ``adaLN_modulation``."""
+    for module in modules:
+        nn.init.zeros_(module.adaLN_modulation[-1].weight)
+        nn.init.zeros_(module.adaLN_modulation[-1].bias)

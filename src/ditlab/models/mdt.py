@@ -24,10 +24,13 @@ from .layers import (
     PatchEmbed,
     RelPosAttention,
     TimestepEmbedder,
+    init_dit_embedders,
     modulate,
     sincos_2d,
     unpatchify,
+    validate_backbone_inputs,
     xavier_init_linears,
+    zero_adaln,
 )
 
 MASK_RATIO_SPREAD_V2 = 0.2  # MDTv2 draws one ratio per batch from [mask_ratio, mask_ratio + 0.2)
@@ -225,15 +228,8 @@ class _MaskedDiffusionTransformer(nn.Module, abc.ABC):
         table = sincos_2d(cfg.hidden_size, cfg.grid_size).unsqueeze(0)
         self.pos_embed.data.copy_(table)
         self.decoder_pos_embed.data.copy_(table)
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
-        nn.init.zeros_(self.x_embedder.proj.bias)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for module in (*[m for m in self.modules() if isinstance(m, MDTBlock)], self.final_layer):
-            nn.init.zeros_(module.adaLN_modulation[-1].weight)
-            nn.init.zeros_(module.adaLN_modulation[-1].bias)
+        init_dit_embedders(self.x_embedder, self.t_embedder, self.y_embedder)
+        zero_adaln(*[m for m in self.modules() if isinstance(m, MDTBlock)], self.final_layer)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
         if cfg.mask_ratio is not None:
@@ -279,19 +275,7 @@ class _MaskedDiffusionTransformer(nn.Module, abc.ABC):
 
     def validate_inputs(self, x: Tensor, t: Tensor, y: Tensor) -> None:
         """Raise a one-line ValueError naming the bad input and what is allowed."""
-        cfg = self.config
-        expected = (cfg.in_channels, cfg.input_size, cfg.input_size)
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            shape = ", ".join(map(str, expected))
-            raise ValueError(f"x has shape {tuple(x.shape)}; {type(self).__name__} expects (N, {shape})")
-        if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
-            raise ValueError(f"t {tuple(t.shape)} and y {tuple(y.shape)} must both have shape ({x.shape[0]},)")
-        if not torch.compiler.is_compiling() and y.numel() and not y.is_meta:
-            highest = cfg.num_classes if cfg.class_dropout_prob > 0 else cfg.num_classes - 1
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi > highest:
-                null = f" ({highest} = the null class)" if highest == cfg.num_classes else ""
-                raise ValueError(f"class id {lo if lo < 0 else hi} is out of range: allowed 0..{highest}{null}")
+        validate_backbone_inputs(type(self).__name__, self.config, x, t, y)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor, enable_mask: bool = False,
                 force_drop_ids: Tensor | None = None) -> Tensor:

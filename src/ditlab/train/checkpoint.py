@@ -5,7 +5,8 @@ A checkpoint for step S is two files in ``<run>/checkpoints/``:
 - ``step_<S>.safetensors``: the EMA weights with official key names, and metadata holding the model
   family, its config and the step, so ``ditlab sample`` can rebuild the model from this file alone;
 - ``step_<S>.train_state.pt``: the raw weights, the optimizer state and the step (tensors and primitives
-  only, loadable with ``torch.load(weights_only=True)``).
+  only, loadable with ``torch.load(weights_only=True)``); under FSDP2 (``parallel="fsdp"``) it is instead the
+  ``torch.distributed.checkpoint`` folder ``step_<S>.train_state.dcp/`` (see :mod:`ditlab.train.fsdp`).
 
 Both are written to a temporary file in the same folder, fsynced and renamed, so a crash never leaves a
 half-written checkpoint under a real name. The train state is written first and the weights last: a step
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,11 @@ def checkpoint_paths(ckpt_dir: Path, step: int) -> tuple[Path, Path]:
     return ckpt_dir / f"step_{step:07d}.safetensors", ckpt_dir / f"step_{step:07d}.train_state.pt"
 
 
+def sharded_state_path(ckpt_dir: Path, step: int) -> Path:
+    """The distributed-checkpoint folder that replaces the train-state file of a step under FSDP2."""
+    return Path(ckpt_dir) / f"step_{step:07d}.train_state.dcp"
+
+
 def save_checkpoint(
     ckpt_dir: Path, step: int, ema_state: dict[str, torch.Tensor], metadata: dict[str, Any], train_state: dict
 ) -> Path:
@@ -92,15 +99,16 @@ def save_checkpoint(
 
 
 def saved_steps(ckpt_dir: Path) -> list[int]:
-    """Steps that have both checkpoint files, ascending."""
+    """Steps that have both checkpoint files (or the weights and a sharded-state folder), ascending."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
     steps = []
     for entry in ckpt_dir.iterdir():
         match = _STEP_FILE.match(entry.name)
-        if match and checkpoint_paths(ckpt_dir, int(match.group(1)))[1].is_file():
-            steps.append(int(match.group(1)))
+        step = int(match.group(1)) if match else -1
+        if match and (checkpoint_paths(ckpt_dir, step)[1].is_file() or sharded_state_path(ckpt_dir, step).is_dir()):
+            steps.append(step)
     return sorted(steps)
 
 
@@ -116,3 +124,4 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
     for step in saved_steps(ckpt_dir)[:-keep]:
         for path in checkpoint_paths(ckpt_dir, step):
             path.unlink(missing_ok=True)
+        shutil.rmtree(sharded_state_path(ckpt_dir, step), ignore_errors=True)

@@ -13,6 +13,7 @@ from ..objectives import DiffusionConfig
 from ..objectives.flow import FlowConfig
 
 PRECISIONS = ("fp32", "bf16")
+PARALLEL_MODES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TrainConfig:
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; weights and optimizer stay fp32)
     compile: bool = False  # torch.compile each block
     grad_checkpointing: bool = False  # recompute block activations in backward
+    parallel: str = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard per block, then the root)
     device: str | None = None  # "cpu" / "cuda"; None = CUDA when available
     log_every: int = 50  # steps between metrics lines
     ckpt_every: int = 1000  # steps between checkpoints (and one at the end)
@@ -64,6 +66,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # JSON round-trips tuples as lists
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.parallel not in PARALLEL_MODES:
+            raise ValueError(f"parallel={self.parallel!r} is not one of {', '.join(PARALLEL_MODES)}")
         for name in ("steps", "global_batch", "log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")

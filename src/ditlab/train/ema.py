@@ -15,6 +15,10 @@ class EMA:
     the official DiT code every parameter is averaged (frozen ones too) and the copy starts equal to the
     model (an update with decay 0). Buffers are copied, not averaged.
 
+    Under FSDP2 (``parallel="fsdp"``) the training loop shards ``module`` exactly like the model
+    (:func:`ditlab.train.fsdp.shard`): ``update`` then averages each rank's own DTensor shards, and
+    ``state_dict`` holds shards; gather the full weights with :func:`ditlab.train.fsdp.full_state_dict`.
+
     Args:
         model: the (unwrapped) model being trained.
         decay: the per-step decay (DiT: 0.9999).

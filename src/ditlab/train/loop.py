@@ -27,6 +27,7 @@ from ..data import StepBatchSampler
 from ..optim import Adan
 from ..registry import create_model, family_of
 from . import checkpoint as ckpt
+from . import fsdp
 from .config import TrainConfig
 from .data_source import DataSource, build_data_source
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
@@ -140,9 +141,9 @@ def restore(run_dir: Path, model: nn.Module, ema: EMA, opt: torch.optim.Optimize
     return step
 
 
-def save(run_dir: Path, step: int, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
-         config: TrainConfig, objective: nn.Module | None = None) -> Path:
-    metadata = {
+def checkpoint_metadata(model: nn.Module, config: TrainConfig) -> dict[str, Any]:
+    """What ``ditlab sample`` needs to rebuild the model from the weights file alone."""
+    return {
         "family": family_of(model),
         "model": config.model,
         "config": dataclasses.asdict(model.config),
@@ -150,6 +151,11 @@ def save(run_dir: Path, step: int, model: nn.Module, ema: EMA, opt: torch.optim.
         "objective": config.objective,
         "flow": config.to_dict()["flow"],
     }
+
+
+def save(run_dir: Path, step: int, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
+         config: TrainConfig, objective: nn.Module | None = None) -> Path:
+    metadata = checkpoint_metadata(model, config)
     train_state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}
     if objective is not None:  # trainable objective parts (REPA's projector)
         train_state["objective"] = objective.state_dict()
@@ -173,16 +179,22 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     objective_params = trainable_parameters(objective)  # e.g. REPA's projector, trained with the backbone
     trained_objective = objective.to(info.device) if objective_params else None
     ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
+    sharded = config.parallel == "fsdp"
+    if sharded:  # model and EMA copy sharded alike; must precede the optimizer (it swaps the parameters)
+        fsdp.shard(model, ema.module, info)
     opt = build_optimizer(model, config, info.device)
     if objective_params:
         opt.add_param_group({"params": objective_params})
-    start = restore(run_dir, model, ema, opt, info.device, trained_objective) if resume else 0
+    if resume and sharded:
+        start = fsdp.restore(run_dir / "checkpoints", model, ema.module, opt, trained_objective)
+    else:
+        start = restore(run_dir, model, ema, opt, info.device, trained_objective) if resume else 0
     model.grad_checkpointing = config.grad_checkpointing
     if config.compile:
         for block in model.blocks:
             block.compile()
     net = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None) \
-        if info.world_size > 1 else model
+        if info.world_size > 1 and not sharded else model
     sampler = StepBatchSampler(data.size, config.global_batch, config.seed, info.rank, info.world_size, start)
     logger = MetricsLogger(run_dir, enabled=info.is_main)
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
@@ -225,11 +237,18 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
             window, tic = [], time.perf_counter()
         if done % config.ckpt_every == 0 or done == config.steps:
-            if info.is_main:
+            if sharded:  # every rank writes its shards
+                last_ckpt = fsdp.save(run_dir / "checkpoints", done, model, ema.module, opt,
+                                      checkpoint_metadata(model, config), info, trained_objective,
+                                      keep=config.keep_checkpoints)
+            elif info.is_main:
                 last_ckpt = save(run_dir, done, model, ema, opt, config, trained_objective)
             barrier()
-        if info.is_main and _wants_grid(config, done):
-            _save_grid(run_dir, done, ema.module, config, data)
+        if _wants_grid(config, done):
+            grid_model = fsdp.unsharded_copy(ema.module, lambda: build_model(config, data), info) \
+                if sharded else ema.module
+            if info.is_main:
+                _save_grid(run_dir, done, grid_model, config, data)
     bar.close()
     logger.close()
     barrier()

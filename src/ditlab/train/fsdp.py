@@ -1,0 +1,170 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) for the training loop: sharding, sharded checkpoints, EMA.
+
+``TrainConfig.parallel = "fsdp"`` shards every block of ``model.blocks`` (one all-gather / reduce-scatter unit
+per block), then the root (embedders, final layer), over all ranks of the torchrun job.
+
+EMA: the shadow copy is made from the unsharded model (as for DDP) and then sharded with the same plan, so each
+rank holds and averages only its own shard (``torch._foreach_lerp_`` on matching DTensors): no extra
+communication per step, 1/world of the EMA memory. The full EMA weights are gathered only to save or sample.
+
+Checkpoints keep the single-process layout (see :mod:`ditlab.train.checkpoint`) except the train state:
+
+- ``step_<S>.train_state.dcp/``: a ``torch.distributed.checkpoint`` folder with the sharded model, optimizer
+  state and step; every rank writes its own shard, and it can be loaded on a different number of ranks;
+- ``step_<S>.safetensors``: the full EMA weights with official keys and the usual metadata, written by rank 0.
+
+Atomicity: the folder is written under a temporary name, renamed when every rank has finished, and the EMA file
+is written last, so a step counts only when both exist. On several nodes ``run_dir`` must be a shared file system.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from . import checkpoint as ckpt
+from .distributed import DistInfo, barrier
+
+
+def _fsdp_api() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``(fully_shard, init_device_mesh)``, or a one-line error when this torch has no public FSDP2."""
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+    except ImportError as err:
+        raise ValueError(f"parallel='fsdp' needs torch>=2.6 (public fully_shard); this is torch {torch.__version__}") \
+            from err
+    return fully_shard, init_device_mesh
+
+
+def shard(model: nn.Module, ema_module: nn.Module, info: DistInfo) -> None:
+    """Apply FSDP2 in place to the model and its EMA copy: each block of ``model.blocks``, then the root.
+
+    Call after the EMA copy is made and before the optimizer is built (sharding replaces the parameters).
+    """
+    if info.world_size < 2:
+        raise ValueError(f"parallel='fsdp' needs torchrun with 2 or more processes (world size {info.world_size}); "
+                         "use parallel='ddp' on one process")
+    fully_shard, init_device_mesh = _fsdp_api()
+    mesh = init_device_mesh(info.device.type, (info.world_size,))
+    for module in (model, ema_module):
+        for block in module.blocks:
+            fully_shard(block, mesh=mesh)
+        fully_shard(module, mesh=mesh)
+
+
+def _state_owner(model: nn.Module, objective: nn.Module | None) -> nn.Module:
+    """One module holding everything the optimizer trains (the backbone and a trainable objective's parts)."""
+    parts = {"model": model} if objective is None else {"model": model, "objective": objective}
+    return nn.ModuleDict(parts)
+
+
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded CPU state dict of a sharded module on rank 0 (empty elsewhere); every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save(ckpt_dir: Path, step: int, model: nn.Module, ema_module: nn.Module, opt: torch.optim.Optimizer,
+         metadata: dict[str, Any], info: DistInfo, objective: nn.Module | None = None, keep: int = 0) -> Path:
+    """Write the checkpoint of ``step`` from every rank (a collective), keep the newest ``keep`` (0 = all).
+
+    Returns the EMA weights file.
+    """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    ckpt_dir = Path(ckpt_dir)
+    weights_path, _ = ckpt.checkpoint_paths(ckpt_dir, step)
+    final = ckpt.sharded_state_path(ckpt_dir, step)
+    tmp = final.with_name(f".{final.name}.tmp")
+    if info.is_main:  # leftovers of a crashed save of this step
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final, ignore_errors=True)
+    barrier()
+    owner = _state_owner(model, objective)
+    state = {"model": get_model_state_dict(owner), "optimizer": get_optimizer_state_dict(owner, opt),
+             "step": torch.tensor(step)}
+    dcp.save(state, checkpoint_id=str(tmp))
+    ema_state = full_state_dict(ema_module)
+    barrier()  # every shard is on disk before the folder gets its real name
+    if info.is_main:
+        os.replace(tmp, final)
+        _fsync_dir(ckpt_dir)
+        ckpt.save_weights(weights_path, ema_state, {**metadata, "step": step})
+        ckpt.prune_checkpoints(ckpt_dir, keep)
+    barrier()
+    return weights_path
+
+
+def restore(ckpt_dir: Path, model: nn.Module, ema_module: nn.Module, opt: torch.optim.Optimizer,
+            objective: nn.Module | None = None) -> int:
+    """Load the newest complete checkpoint into the sharded model, optimizer and EMA; returns its step."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    step = ckpt.saved_steps(ckpt_dir)[-1]
+    weights_path, _ = ckpt.checkpoint_paths(ckpt_dir, step)
+    state_path = ckpt.sharded_state_path(ckpt_dir, step)
+    if not state_path.is_dir():
+        raise ValueError(f"cannot resume {weights_path} with parallel='fsdp': {state_path} is missing "
+                         "(was the run trained with parallel='ddp'?)")
+    owner = _state_owner(model, objective)
+    # The optimizer state must exist to be loaded into; get_optimizer_state_dict creates it (a zero-lr step).
+    state = {"model": get_model_state_dict(owner), "optimizer": get_optimizer_state_dict(owner, opt),
+             "step": torch.tensor(-1)}
+    try:
+        dcp.load(state, checkpoint_id=str(state_path))
+        set_model_state_dict(owner, state["model"])
+        set_optimizer_state_dict(owner, opt, state["optimizer"])
+        ema_state, _ = ckpt.load_weights(weights_path)
+        set_model_state_dict(ema_module, ema_state, options=StateDictOptions(full_state_dict=True, strict=True))
+    except (RuntimeError, KeyError, OSError) as err:
+        raise ValueError(f"cannot resume from {state_path}: {str(err).splitlines()[0]}") from err
+    if int(state["step"]) != step:
+        raise ValueError(f"cannot resume: {state_path} says step {int(state['step'])}, its name says {step}")
+    return step
+
+
+def unsharded_copy(module: nn.Module, build: Callable[[], nn.Module], info: DistInfo) -> nn.Module | None:
+    """A plain (unsharded) copy of a sharded module on rank 0, e.g. the EMA for sample grids; None elsewhere.
+
+    Every rank must call it (the weights are gathered); ``build`` makes a fresh module of the same architecture.
+    """
+    state = full_state_dict(module)
+    if not info.is_main:
+        return None
+    copy = build()
+    copy.load_state_dict(state, strict=True)
+    return copy.to(info.device).eval().requires_grad_(False)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_fsdp_ready() -> bool:
+    """Whether this torch has FSDP2 and torch.distributed (for skipping tests)."""
+    try:
+        _fsdp_api()
+    except ValueError:
+        return False
+    return dist.is_available()
