@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..objectives.gaussian import GaussianDiffusion
-from .ddpm import Denoiser, StepCallback, batch_timesteps, reverse_indices
+from .ddpm import Denoiser, StepCallback, run_reverse_process
 from .noise import Generators, randn_like
 
 
@@ -47,18 +47,7 @@ def sample_ddim(
     """Sample x_0 from x_{T'-1} = noise by DDIM steps; eta = 0 is deterministic, eta = 1 is DDPM-like."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
-    x = noise
-    for index in reverse_indices(diffusion.num_timesteps, progress):
-        step = ddim_sample_step(
-            diffusion,
-            denoiser,
-            x,
-            batch_timesteps(index, x),
-            eta=eta,
-            clip_denoised=clip_denoised,
-            generator=generator,
-        )
-        x = step["sample"]
-        if callback is not None:
-            callback(index, x, step["pred_xstart"])
-    return x
+    def step(x: Tensor, t: Tensor) -> dict[str, Tensor]:
+        return ddim_sample_step(diffusion, denoiser, x, t, eta=eta, clip_denoised=clip_denoised, generator=generator)
+
+    return run_reverse_process(diffusion.num_timesteps, step, noise, progress=progress, callback=callback)

@@ -26,6 +26,24 @@ def reverse_indices(num_timesteps: int, progress: bool = False) -> Iterable[int]
     return tqdm(indices)
 
 
+def run_reverse_process(
+    num_timesteps: int,
+    step: Callable[[Tensor, Tensor], dict[str, Tensor]],
+    noise: Tensor,
+    *,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> Tensor:
+    """x_{T'-1} = noise, then ``x = step(x, t)["sample"]`` for t = T'-1 .. 0 (the loop every sampler shares)."""
+    x = noise
+    for index in reverse_indices(num_timesteps, progress):
+        out = step(x, batch_timesteps(index, x))
+        x = out["sample"]
+        if callback is not None:
+            callback(index, x, out["pred_xstart"])
+    return x
+
+
 def batch_timesteps(index: int, x: Tensor) -> Tensor:
     """The (N,) int64 tensor of one process index for x's batch, on x's device."""
     return torch.full((x.shape[0],), index, dtype=torch.int64, device=x.device)
@@ -61,17 +79,7 @@ def sample_ddpm(
 
     ``generator``: None (global RNG), one generator, or one per sample (see ``noise.randn_like``).
     """
-    x = noise
-    for index in reverse_indices(diffusion.num_timesteps, progress):
-        step = ddpm_step(
-            diffusion,
-            denoiser,
-            x,
-            batch_timesteps(index, x),
-            clip_denoised=clip_denoised,
-            generator=generator,
-        )
-        x = step["sample"]
-        if callback is not None:
-            callback(index, x, step["pred_xstart"])
-    return x
+    def step(x: Tensor, t: Tensor) -> dict[str, Tensor]:
+        return ddpm_step(diffusion, denoiser, x, t, clip_denoised=clip_denoised, generator=generator)
+
+    return run_reverse_process(diffusion.num_timesteps, step, noise, progress=progress, callback=callback)

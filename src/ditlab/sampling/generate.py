@@ -62,10 +62,7 @@ def generate_latents(
                                      share=share)[0]
     cfg = model.config
     device = next(model.parameters()).device
-    labels = labels.to(device)
-    seeds = list(range(len(labels))) if seeds is None else seeds
-    if len(seeds) != len(labels):
-        raise ValueError(f"got {len(seeds)} seeds for {len(labels)} labels; need one per image")
+    labels, seeds = labels.to(device), _image_seeds(seeds, labels)
     process = GaussianDiffusion(dataclasses.replace(diffusion, timestep_respacing=sampler_steps))
     generators = image_generators(seeds, device)
     noise = initial_noise(generators, (cfg.in_channels, cfg.input_size, cfg.input_size), device)
@@ -82,6 +79,14 @@ def generate_latents(
         return sample_ddpm(process, denoiser, noise, generator=generators, progress=progress)
     finally:
         model.train(was_training)
+
+
+def _image_seeds(seeds: list[int] | None, labels: Tensor) -> list[int]:
+    """One seed per image: ``seeds`` as given (checked) or 0..N-1."""
+    seeds = list(range(len(labels))) if seeds is None else seeds
+    if len(seeds) != len(labels):
+        raise ValueError(f"got {len(seeds)} seeds for {len(labels)} labels; need one per image")
+    return seeds
 
 
 def _output_in_input_dtype(model: nn.Module):
@@ -163,10 +168,7 @@ def generate_flow_latents(model: nn.Module, flow: FlowConfig, labels: Tensor, *,
     """
     cfg = model.config
     device = next(model.parameters()).device
-    labels = labels.to(device)
-    seeds = list(range(len(labels))) if seeds is None else seeds
-    if len(seeds) != len(labels):
-        raise ValueError(f"got {len(seeds)} seeds for {len(labels)} labels; need one per image")
+    labels, seeds = labels.to(device), _image_seeds(seeds, labels)
     spec, fixed = _share_request(share, sampler.num_evaluations)
     if spec is not None or fixed is not None:
         _check_split(model)
