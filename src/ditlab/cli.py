@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(demo, DemoConfig)
     demo.set_defaults(func=_cmd_demo)
 
-    tr = sub.add_parser("train", help="train a backbone (single process or torchrun DDP)", epilog=EPILOG_TRAIN,
+    tr = sub.add_parser("train", help="train a backbone (single process, or torchrun with DDP or FSDP2)", epilog=EPILOG_TRAIN,
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         description="Train any registered backbone under the Gaussian diffusion objective.")
     tr.add_argument("--resume", metavar="RUN_DIR", default=None,
