@@ -140,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(demo, DemoConfig)
     demo.set_defaults(func=_cmd_demo)
 
-    tr = sub.add_parser("train", help="train a backbone (single process, or torchrun with DDP or FSDP2)", epilog=EPILOG_TRAIN,
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        description="Train any registered backbone under the Gaussian diffusion objective.")
+    tr = sub.add_parser("train", help="train a backbone (single process, or torchrun with DDP or FSDP2)",
+                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Train any registered backbone under any objective (Gaussian diffusion, MDT's "
+                                    "masked diffusion, flow matching).")
     tr.add_argument("--resume", metavar="RUN_DIR", default=None,
                     help="continue the run in RUN_DIR from its newest checkpoint, with its saved config")
     add_dataclass_flags(tr, TrainConfig)
