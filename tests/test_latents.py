@@ -115,14 +115,25 @@ def test_missing_index_is_a_clear_error(tmp_path):
         LatentShards(tmp_path)
 
 
-def test_ditlab_train_reads_the_shards(setup):
+TINY_BACKBONES = {  # (model, model_args, objective): every family trains on latent shards
+    "DiT": ("DiT", {"depth": 1, "hidden_size": 32, "num_heads": 2, "patch_size": 4}, "diffusion"),
+    "MDTv2": ("MDTv2", {"depth": 3, "hidden_size": 32, "num_heads": 2, "patch_size": 4, "decode_layer": 1}, "mdt"),
+    "DDT": ("DDT", {"hidden_size": 32, "num_groups": 2, "num_blocks": 2, "num_encoder_blocks": 1, "patch_size": 4},
+            "flow"),
+    "DiffuSSM": ("DiffuSSM", {"depth": 1, "hidden_size": 32}, "diffusion"),
+}
+
+
+@pytest.mark.parametrize("family", list(TINY_BACKBONES))
+def test_ditlab_train_reads_the_shards(setup, family):
     from ditlab.train import TrainConfig, train
 
     tmp, images, vae = setup
     run_extract(config(images, vae, tmp / "lat"))
-    cfg = TrainConfig(run_dir=str(tmp / "run"), model="DiT", data=f"latents:{tmp / 'lat'}", steps=2, global_batch=4,
-                      model_args={"depth": 1, "hidden_size": 32, "num_heads": 2, "patch_size": 4},
-                      sample_every=0, sample_steps="ddim2", progress=False, device="cpu", log_every=1)
+    model, model_args, objective = TINY_BACKBONES[family]
+    cfg = TrainConfig(run_dir=str(tmp / "run"), model=model, data=f"latents:{tmp / 'lat'}", steps=2, global_batch=4,
+                      model_args=model_args, objective=objective, sample_every=0, sample_steps="ddim2",
+                      progress=False, device="cpu", log_every=1)
     result = train(cfg)
     assert result.step == 2 and torch.isfinite(torch.tensor(result.final_loss))
     assert (tmp / "run" / "samples" / "step_0000002.png").is_file()  # the grid is decoded by the lazy VAE
