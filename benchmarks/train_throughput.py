@@ -52,7 +52,7 @@ from ditlab.sampling.ddpm import batch_timesteps
 
 LATENT_DOWNSAMPLE = 8  # SD VAE: 256 px images -> 32 x 32 latents
 TRAIN_FLOPS_PER_MAC = 3 * 2  # forward + backward ~ 3 x forward, 2 FLOPs per multiply-accumulate
-SAMPLE_FLOPS_PER_MAC = 2 * 2  # two forwards per guided image (cond + uncond), 2 FLOPs per MAC
+SAMPLE_FLOPS_PER_MAC = 2 * 2  # two forwards per guided image (cond + uncond), 2 FLOPs per MAC; 2 at scale 1
 
 
 # ----------------------------------------------------------------------------
@@ -104,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          help="CPU threads (torch.set_num_threads); default: torch's choice")
     machine.add_argument("--peak-tflops", type=float, default=989.0, metavar="TF",
                          help="peak dense TFLOP/s of the accelerator for MFU (default: %(default)s = H100 SXM "
-                              "bf16; use 495 for H100 tf32, 756 for H100 PCIe bf16)")
+                              "bf16; e.g. 67 for H100 SXM fp32, as torch leaves TF32 matmuls off; 756 for H100 "
+                              "PCIe bf16)")
     machine.add_argument("--json", type=Path, default=None, metavar="PATH",
                          help="append one JSON line per measurement: settings, machine, torch, date, results")
     args = parser.parse_args(argv)
@@ -123,8 +124,9 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.exit(2, "error: --device cuda, but torch.cuda.is_available() is False (CPU-only torch or no GPU)\n")
     if args.image_size % LATENT_DOWNSAMPLE:
         parser.error(f"--image-size={args.image_size} must be a multiple of {LATENT_DOWNSAMPLE}")
-    if args.input_size is not None and args.input_size < 1:
-        parser.error(f"--input-size={args.input_size} must be >= 1")
+    for name in ("input_size", "sample_batch_size"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be >= 1")
 
 
 # ----------------------------------------------------------------------------
@@ -304,6 +306,8 @@ def summarise(name: str, seconds: list[float], cpu_seconds: float, batch: int, g
     mean = statistics.fmean(seconds)
     img_per_s = batch / mean
     flops_per_mac = TRAIN_FLOPS_PER_MAC if name == "train" else SAMPLE_FLOPS_PER_MAC
+    if name == "sample" and args.cfg_scale == 1.0:  # CFGConfig.is_unguided: one conditional forward on N
+        flops_per_mac //= 2
     tflops = flops_per_mac * gmacs * 1e9 * img_per_s / 1e12
     return Result(
         measurement=name,
@@ -407,6 +411,7 @@ def append_json(path: Path, info: dict[str, Any], result: Result) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse, build the model, run the measurements, print a row each and append them to --json."""
     args = parse_args(argv)
     args.sample_batch_size = args.sample_batch_size or args.batch_size
     device = torch.device(args.device)
