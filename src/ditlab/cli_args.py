@@ -44,6 +44,16 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (use true/false)")
 
 
+def _parse_json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({err.msg}); e.g. '{{\"depth\": 4}}'") from err
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object; e.g. '{{\"depth\": 4}}'")
+    return value
+
+
 def _optional(kind: Any) -> tuple[Any, bool]:
     """(inner type, is Optional) for ``X | None``."""
     args = typing.get_args(kind)
@@ -59,7 +69,7 @@ def _converter(kind: Any, optional: bool):
         inner = typing.get_args(kind)[0]
         return lambda text: tuple(inner(v) for v in text.split(","))
     if typing.get_origin(kind) is dict or kind is dict:
-        return json.loads
+        return _parse_json_object
     if base is None:
         return str
     if optional:

@@ -10,7 +10,6 @@ into the ``.npz`` (``arr_0``: uint8 NHWC, ``arr_1``: labels), as DiT's ``sample_
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from .imageio import make_grid, to_uint8
 from .objectives import DiffusionConfig
 from .objectives.flow import FlowConfig
 from .sampling.generate import generate_latents
+from .train.checkpoint import atomic_write, check_or_write_identity
 
 LABEL_MODES = ("balanced", "random")
 PRECISIONS = ("fp32", "bf16")
@@ -151,28 +151,12 @@ def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, code
 
 
 def _write_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    from .train.checkpoint import atomic_write
-
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, images=images, labels=labels)
 
     atomic_write(path, write)
 
-
-def _check_or_write_identity(parts: Path, config: SampleConfig, is_main: bool) -> None:
-    from .train.checkpoint import atomic_write
-
-    path = parts / "sample.json"
-    identity = config.identity()
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in identity if previous.get(k) != identity[k])
-        if changed:
-            diffs = ", ".join(f"{k}: {previous.get(k)!r} -> {identity[k]!r}" for k in changed)
-            raise ValueError(f"{parts} belongs to a different sampling run ({diffs}); remove it or change --out")
-    elif is_main:
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(identity, indent=2) + "\n"))
 
 
 # ----------------------------------------------------------------------------
@@ -233,7 +217,7 @@ def run_sample(config: SampleConfig) -> Path:
     if out.is_file() and not parts.exists():
         raise ValueError(f"{out} already exists (a finished run); remove it or choose another --out")
     parts.mkdir(parents=True, exist_ok=True)
-    _check_or_write_identity(parts, config, info.is_main)
+    check_or_write_identity(parts / "sample.json", config.identity(), info.is_main, "a different sampling run")
     todo = [c for c in range(len(chunks)) if c % info.world_size == info.rank and not chunk_path(parts, c).is_file()]
     if todo:
         model, diffusion = load_sampling_model(config.checkpoint, config.model)

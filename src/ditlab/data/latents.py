@@ -83,17 +83,6 @@ def shard_ranges(num_images: int, shard_size: int) -> list[range]:
     return [range(s, min(s + shard_size, num_images)) for s in range(0, num_images, shard_size)]
 
 
-def _check_or_write_config(out: Path, identity: dict[str, Any], is_main: bool) -> None:
-    path = out / CONFIG_FILE
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in identity if previous.get(k) != identity[k])
-        if changed:
-            diffs = ", ".join(f"{k}: {previous.get(k)!r} -> {identity[k]!r}" for k in changed)
-            raise ValueError(f"{out} holds a different extraction ({diffs}); use a new --out folder")
-    elif is_main:
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(identity, indent=2) + "\n"))
-
 
 def encode_shard(dataset: ImageFolder, codec: Any, indices: range, batch_size: int, skip_bad: bool,
                  dtype: torch.dtype) -> tuple[dict[str, Tensor], list[str]]:
@@ -177,7 +166,9 @@ def extract_latents(config: ExtractConfig, codec: Any = None, rank: int = 0, wor
     out = Path(config.out)
     dataset = ImageFolder(config.data, config.image_size, config.num_classes)
     out.mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(out, config.identity(len(dataset)), rank == 0)
+    from ..train.checkpoint import check_or_write_identity  # late: ditlab.train imports this module
+
+    check_or_write_identity(out / CONFIG_FILE, config.identity(len(dataset)), rank == 0, "a different extraction")
     if codec is None:
         codec = load_codec(config.vae, 3, config.device or "cpu", config.allow_download)
     ranges = shard_ranges(len(dataset), config.shard_size)

@@ -125,3 +125,20 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
         for path in checkpoint_paths(ckpt_dir, step):
             path.unlink(missing_ok=True)
         shutil.rmtree(sharded_state_path(ckpt_dir, step), ignore_errors=True)
+
+
+def check_or_write_identity(path: Path, identity: dict[str, Any], write: bool, what: str) -> None:
+    """Pin a resumable job's settings: write ``identity`` as JSON (if ``write``) or refuse a different one.
+
+    A rerun with other settings into the same folder would mix two jobs' outputs; the error names every changed
+    setting (old -> new) and ``what`` the folder holds.
+    """
+    path = Path(path)
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = sorted(k for k in identity if previous.get(k) != identity[k])
+        if changed:
+            diffs = ", ".join(f"{k}: {previous.get(k)!r} -> {identity[k]!r}" for k in changed)
+            raise ValueError(f"{path.parent} holds {what} ({diffs}); use a new output folder")
+    elif write:
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(identity, indent=2) + "\n"))
