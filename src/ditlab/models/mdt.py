@@ -243,12 +243,17 @@ class _MaskedDiffusionTransformer(nn.Module, abc.ABC):
             return checkpoint(block, x, c, skip, ids_keep, use_reentrant=False)
         return block(x, c, skip, ids_keep)
 
-    def draw_mask_ratio(self, device: torch.device) -> float | Tensor:
-        """v1: the fixed ratio; v2: ``rand(1) * 0.2 + mask_ratio``, one draw per call (the official order)."""
+    def draw_mask_ratio(self) -> float | Tensor:
+        """v1: the fixed ratio; v2: ``rand(1) * 0.2 + mask_ratio``, one draw per call (the official order).
+
+        The v2 draw is a CPU tensor on every device: the kept-token count (a shape) is read from it on the host,
+        which for a GPU tensor would stall the host every step. The official code draws on the model's device;
+        on CPU both are the same draw, on a GPU the CUDA random stream differs (not its distribution).
+        """
         spread = self.config.mask_ratio_spread
         if spread == 0.0:
             return float(self.mask_ratio)
-        return torch.rand(1, device=device) * spread + self.mask_ratio
+        return torch.rand(1) * spread + self.mask_ratio
 
     def forward_side_interpolater(self, x: Tensor, c: Tensor, masking: TokenMask) -> Tensor:
         """Refill the masked positions: mask tokens + decoder_pos_embed -> side block, kept tokens pass through.
@@ -292,7 +297,7 @@ class _MaskedDiffusionTransformer(nn.Module, abc.ABC):
         if enable_mask:
             if self.mask_ratio is None:
                 raise ValueError("enable_mask=True needs a model built with mask_ratio (got None)")
-            x, masking = random_masking(x, self.draw_mask_ratio(x.device))
+            x, masking = random_masking(x, self.draw_mask_ratio())
         x = self.forward_blocks(x, c, masking, input_tokens)
         x = self.final_layer(x, c)
         return unpatchify(x, self.patch_size, self.out_channels)

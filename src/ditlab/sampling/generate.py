@@ -7,6 +7,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
+from ..models.checks import inputs_checked_once
 from ..objectives import DiffusionConfig, GaussianDiffusion
 from ..objectives.flow import FlowConfig, velocity_of
 from .ddim import sample_ddim
@@ -74,9 +75,10 @@ def generate_latents(
     was_training = model.training
     model.eval()  # label dropout must be off while sampling
     try:
-        if sampler_steps.startswith("ddim"):
-            return sample_ddim(process, denoiser, noise, eta=eta, generator=generators, progress=progress)
-        return sample_ddpm(process, denoiser, noise, generator=generators, progress=progress)
+        with inputs_checked_once(model):  # the label check would sync the host at every step
+            if sampler_steps.startswith("ddim"):
+                return sample_ddim(process, denoiser, noise, eta=eta, generator=generators, progress=progress)
+            return sample_ddpm(process, denoiser, noise, generator=generators, progress=progress)
     finally:
         model.train(was_training)
 
@@ -185,7 +187,8 @@ def generate_flow_latents(model: nn.Module, flow: FlowConfig, labels: Tensor, *,
         generators = image_generators(seeds, device)
         noise = initial_noise(generators, (cfg.in_channels, cfg.input_size, cfg.input_size), device)
         denoiser, shared = _flow_denoiser(model, flow, labels, guidance, recompute, sharing=recompute is not None)
-        return sample_flow(denoiser, noise, sampler, generator=generators), shared
+        with inputs_checked_once(model):
+            return sample_flow(denoiser, noise, sampler, generator=generators), shared
     finally:
         model.train(was_training)
 

@@ -30,10 +30,11 @@ from . import checkpoint as ckpt
 from . import fsdp
 from .config import TrainConfig
 from .data_source import DataSource, build_data_source
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .distributed import DistInfo, barrier, init_distributed
 from .ema import EMA
 from .logger import MetricsLogger
 from .objective import build_objective, required_out_channels, sampling_config, trainable_parameters
+from .step import NonFiniteLoss, StepParts, StepStats, inputs_checked_once, optimisation_step, read_window
 
 
 class NonFiniteLossError(RuntimeError):
@@ -201,77 +202,58 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     last_ckpt = ckpt.checkpoint_paths(run_dir / "checkpoints", start)[0] if resume else None
     bar = tqdm(total=config.steps, initial=start, disable=not (info.is_main and config.progress),
                desc="train", unit="step", dynamic_ncols=True)
-    window: list[dict[str, float]] = []
+    window: list[StepStats] = []
     tic, loss_value = time.perf_counter(), math.nan
+    parts = StepParts(net, model, objective, opt, ema, autocast, config.max_grad_norm, objective_params,
+                      info.world_size)
     model.train()
-    for step, indices in zip(range(start, config.steps), sampler, strict=False):
-        # Data and randomness of this step are functions of (seed, rank, step) alone.
-        x0, y = data.batch(indices, step=step)
-        torch.manual_seed(step_seed(config.seed, info.rank, step))
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(config, step) * group.get("lr_scale", 1.0)  # e.g. S4D A, Δ
-        with autocast:
-            terms = objective.loss(net, x0, y)
-        loss = terms["loss"].mean()
-        names = ["loss"] + [k for k in terms if k != "loss"]
-        mean_terms = all_reduce_mean(torch.stack([terms[k].detach().float().mean() for k in names]))
-        loss_value = float(mean_terms[0])
-        if not math.isfinite(loss_value):
-            bar.close()
-            logger.close()
-            where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
-            raise NonFiniteLossError(f"loss became {loss_value} at step {step}; stopped, {where}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        _average_gradients(objective_params, info.world_size)
-        grad_norm = _clip_gradients(model, config.max_grad_norm)
-        opt.step()
-        ema.update(model, step)
-        done = step + 1
-        window.append({k: float(v) for k, v in zip(names, mean_terms, strict=True)} | {"grad_norm": grad_norm})
-        bar.update(1)
-        if done % config.log_every == 0 or done == config.steps:
-            elapsed = time.perf_counter() - tic
-            row = _summarise(window, done, elapsed, config, opt)
-            logger.log(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
-            window, tic = [], time.perf_counter()
-        if done % config.ckpt_every == 0 or done == config.steps:
-            if sharded:  # every rank writes its shards
-                last_ckpt = fsdp.save(run_dir / "checkpoints", done, model, ema.module, opt,
-                                      checkpoint_metadata(model, config), info, trained_objective,
-                                      keep=config.keep_checkpoints)
-            elif info.is_main:
-                last_ckpt = save(run_dir, done, model, ema, opt, config, trained_objective)
-            barrier()
-        if _wants_grid(config, done):
-            grid_model = fsdp.unsharded_copy(ema.module, lambda: build_model(config, data), info) \
-                if sharded else ema.module
-            if info.is_main:
-                _save_grid(run_dir, done, grid_model, config, data)
+    with inputs_checked_once(model):
+        for step, indices in zip(range(start, config.steps), sampler, strict=False):
+            # Data and randomness of this step are functions of (seed, rank, step) alone.
+            x0, y = data.batch(indices, step=step)
+            torch.manual_seed(step_seed(config.seed, info.rank, step))
+            window.append(optimisation_step(parts, x0, y, step, learning_rate(config, step)))
+            done = step + 1
+            bar.update(1)
+            saving = done % config.ckpt_every == 0 or done == config.steps
+            if done % config.log_every == 0 or saving:  # read (and NaN-check) the numbers before any save
+                rows = _read_or_stop(window, last_ckpt, bar, logger)
+                loss_value = rows[-1]["loss"]
+            if done % config.log_every == 0 or done == config.steps:
+                elapsed = time.perf_counter() - tic
+                row = _summarise(rows, done, elapsed, config, opt)
+                logger.log(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
+                window, tic = [], time.perf_counter()
+            if saving:
+                if sharded:  # every rank writes its shards
+                    last_ckpt = fsdp.save(run_dir / "checkpoints", done, model, ema.module, opt,
+                                          checkpoint_metadata(model, config), info, trained_objective,
+                                          keep=config.keep_checkpoints)
+                elif info.is_main:
+                    last_ckpt = save(run_dir, done, model, ema, opt, config, trained_objective)
+                barrier()
+            if _wants_grid(config, done):
+                grid_model = fsdp.unsharded_copy(ema.module, lambda: build_model(config, data), info) \
+                    if sharded else ema.module
+                if info.is_main:
+                    _save_grid(run_dir, done, grid_model, config, data)
     bar.close()
     logger.close()
     barrier()
     return TrainResult(run_dir, config.steps, last_ckpt, loss_value, logger.rows, info.is_main)
 
 
-def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:
-    """All-reduce the gradients of parameters outside DDP (a trainable objective's) to their mean over ranks."""
-    if world_size > 1:
-        for p in params:
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= world_size
-
-
-def _clip_gradients(model: nn.Module, max_norm: float | None) -> float:
-    params = [p for p in model.parameters() if p.grad is not None]
-    if max_norm is None:
-        if not params:
-            return 0.0
-        norms = torch._foreach_norm([p.grad for p in params])
-        return float(torch.linalg.vector_norm(torch.stack(norms)))
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+def _read_or_stop(window: list[StepStats], last_ckpt: Path | None, bar: tqdm, logger: MetricsLogger,
+                  ) -> list[dict[str, float]]:
+    """The window's numbers as floats; at a non-finite loss, close the bar and log, then stop the run."""
+    try:
+        return read_window(window)
+    except NonFiniteLoss as bad:
+        bar.close()
+        logger.close()
+        where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+        raise NonFiniteLossError(f"{bad}; stopped, {where}") from None
 
 
 def _summarise(window: list[dict[str, float]], step: int, elapsed: float, config: TrainConfig,

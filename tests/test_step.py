@@ -1,0 +1,137 @@
+"""The shared optimisation step: no host reads from ditlab code, NaN detection at read time, inputs checked once."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+
+import pytest
+import torch
+
+import ditlab
+from ditlab.models.checks import inputs_checked_once
+from ditlab.objectives import DiffusionConfig, GaussianDiffusion
+from ditlab.objectives.flow import FlowConfig, FlowMatching
+from ditlab.objectives.masked import MaskedDiffusionObjective
+from ditlab.sampling.generate import generate_latents
+from ditlab.train.ema import EMA
+from ditlab.train.step import NonFiniteLoss, StepParts, StepStats, optimisation_step, read_window
+
+SMALL = {
+    "DiT": dict(input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2, num_classes=10),
+    "MDTv2": dict(input_size=8, patch_size=2, hidden_size=32, depth=4, num_heads=2, num_classes=10, decode_layer=2),
+    "DDT": dict(input_size=8, patch_size=2, hidden_size=32, num_blocks=3, num_encoder_blocks=2, num_groups=2,
+                num_classes=10),
+    "DiffuSSM": dict(input_size=4, hidden_size=16, depth=2, state_size=4, num_classes=10),
+}
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__")
+# Reads of tensors that live on the CPU by design, on every device: MDTv2's mask ratio (MDT.draw_mask_ratio).
+CPU_BY_DESIGN = {("mdt.py", "random_masking")}
+
+
+@contextlib.contextmanager
+def no_host_reads_from_ditlab(monkeypatch: pytest.MonkeyPatch):
+    """Make every tensor -> Python read whose caller is ditlab code fail (on a GPU each one is a host sync).
+
+    torch's own CPU-side reads (e.g. AdamW's step counter, a CPU tensor even on CUDA) are not ours to judge.
+    """
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def guarded(self, *args, _original=original, _name=name, **kwargs):
+            frame = sys._getframe(1)
+            caller = frame.f_code.co_filename
+            exempt = (caller.rsplit("/", 1)[-1], frame.f_code.co_name) in CPU_BY_DESIGN
+            if "/ditlab/" in caller and "/tests/" not in caller and not exempt:
+                raise AssertionError(f"Tensor.{_name} called from {caller}:{frame.f_lineno}")
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, guarded)
+    yield
+    monkeypatch.undo()
+
+
+def objective_for(family: str):
+    learn_sigma = family != "DDT"
+    diffusion = GaussianDiffusion(DiffusionConfig(learn_sigma=learn_sigma))
+    if family == "MDTv2":
+        return MaskedDiffusionObjective(diffusion)
+    if family == "DDT":
+        return FlowMatching(FlowConfig())
+    return diffusion
+
+
+def step_parts(family: str, max_grad_norm: float | None = None) -> StepParts:
+    torch.manual_seed(0)
+    model = ditlab.create_model(family, **SMALL[family])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return StepParts(model, model, objective_for(family), opt, EMA(model), torch.autocast("cpu", enabled=False),
+                     max_grad_norm=max_grad_norm)
+
+
+@pytest.mark.parametrize("family", list(SMALL))
+@pytest.mark.parametrize("max_grad_norm", [None, 1.0])
+def test_training_step_reads_nothing_back(family, max_grad_norm, monkeypatch):
+    parts = step_parts(family, max_grad_norm)
+    size = SMALL[family]["input_size"]
+    x0, y = torch.randn(4, 4, size, size), torch.tensor([0, 3, 7, 9])
+    with inputs_checked_once(parts.model):
+        window = [optimisation_step(parts, x0, y, 0, 1e-3)]  # the first call validates the labels
+        with no_host_reads_from_ditlab(monkeypatch):
+            window += [optimisation_step(parts, x0, y, s, 1e-3) for s in (1, 2)]
+    rows = read_window(window)
+    assert [type(r["loss"]) for r in rows] == [float] * 3 and all(math.isfinite(r["grad_norm"]) for r in rows)
+    assert rows[0]["loss"] != rows[1]["loss"]  # the optimizer did change the weights
+    if max_grad_norm is None:
+        assert "vb" in rows[0] or family == "DDT"
+
+
+@pytest.mark.parametrize("family", ["DiT", "DiffuSSM"])
+def test_guided_ddpm_sampling_reads_nothing_back_after_the_first_step(family, monkeypatch):
+    torch.manual_seed(0)
+    model = ditlab.create_model(family, **SMALL[family]).eval()
+    calls = {"n": 0}
+
+    def guard_after_first_call(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            stack.enter_context(no_host_reads_from_ditlab(monkeypatch))
+
+    with contextlib.ExitStack() as stack:
+        model.register_forward_hook(guard_after_first_call)
+        out = generate_latents(model, DiffusionConfig(), torch.tensor([1, 2]), sampler_steps="5", cfg_scale=4.0)
+    assert calls["n"] == 5 and torch.isfinite(out).all()
+    assert model.check_inputs  # restored after sampling
+
+
+def test_read_window_names_the_first_non_finite_step():
+    def stats(step: int, loss: float) -> StepStats:
+        return StepStats(step, ["loss", "mse"], torch.tensor([loss, 0.5]), torch.tensor(2.0))
+
+    rows = read_window([stats(3, 1.25), stats(4, 0.75)])
+    assert rows == [{"loss": 1.25, "mse": 0.5, "grad_norm": 2.0}, {"loss": 0.75, "mse": 0.5, "grad_norm": 2.0}]
+    with pytest.raises(NonFiniteLoss, match="loss became inf at step 5") as err:
+        read_window([stats(4, 1.0), stats(5, math.inf), stats(6, math.nan)])
+    assert err.value.step == 5
+    assert read_window([]) == []
+
+
+def test_inputs_checked_once_validates_the_first_call_only():
+    torch.manual_seed(0)
+    model = ditlab.create_model("DiT", **SMALL["DiT"]).eval()
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
+    with inputs_checked_once(model), pytest.raises(ValueError, match="class id 11 is out of range"):
+        model(x, t, torch.tensor([0, 11]))  # 10 is the null class
+    assert model.check_inputs
+    with inputs_checked_once(model):
+        model(x, t, torch.tensor([0, 10]))
+        assert not model.check_inputs  # later calls skip the y.min()/y.max() read
+    assert model.check_inputs
+
+
+def test_mdtv2_mask_ratio_is_drawn_on_the_cpu():
+    model = ditlab.create_model("MDTv2", **SMALL["MDTv2"])
+    ratios = torch.cat([model.draw_mask_ratio() for _ in range(50)])
+    assert ratios.device.type == "cpu" and ratios.dtype == torch.float32  # float32: the official kept count
+    assert 0.3 <= float(ratios.min()) and float(ratios.max()) <= 0.5  # MDTv2: 0.3 + U[0, 0.2)
