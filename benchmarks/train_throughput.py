@@ -2,12 +2,14 @@
 
 Two measurements, each on random latents and labels (no data loading, no VAE):
 
-  train   one optimisation step: forward + backward under the Gaussian diffusion objective
-          (``GaussianDiffusion(DiffusionConfig()).loss``, DiT's hybrid MSE + VB loss) and an AdamW step
-          (fused kernel on CUDA), at --batch-size images.
-  sample  one ancestral DDPM step with classifier-free guidance on --sample-batch-size images: a single
-          batched forward on 2N (conditional + unconditional) in inference mode, then the DDPM update.
-          img/s counts the N guided images advanced by one step; "img/s/run" divides that by --sample-steps.
+  train   one step of ``ditlab train`` (``ditlab.train.step.optimisation_step``, the loop's own code): forward +
+          backward under the Gaussian diffusion objective (DiT's hybrid MSE + VB loss), an AdamW step and the
+          EMA update, at --batch-size images. Like the loop it reads nothing back to the host
+          (--sync-every-step adds the per-step loss read of a naive loop, to measure what that costs).
+  sample  one ancestral DDPM step with classifier-free guidance on --sample-batch-size images, in inference
+          mode: one batched forward on 2N (conditional + unconditional; --cfg-batch separate: two on N), then
+          the DDPM update. img/s counts the N guided images advanced by one step; "img/s/run" divides that by
+          --sample-steps.
 
 Units (see BENCHMARKS.md): Gflops = multiply-accumulates (MACs) of one forward pass per image, the papers'
 convention (``ditlab.flops.count``). Model FLOPs of a training step = 3 x 2 x MACs per image (forward +
@@ -16,6 +18,8 @@ guided image. MFU = model FLOP/s / --peak-tflops (CUDA only). Peak memory is tor
 and the process's peak resident set size (RSS) on CPU, reset before each measurement where Linux allows it.
 On CPU, "CPU util" = process CPU time / (wall time x threads): near 1 when the run had its cores to itself,
 well below 1 when other processes took them; distrust rows with a low value.
+
+Every speed option is a lever of BENCHMARKS.md's table (benchmarks/levers.py runs them one by one).
 
 Examples:
   # An H100 (SXM, dense bf16 peak 989 TFLOP/s), DiT-XL/2 at 256 px:
@@ -28,6 +32,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -44,12 +49,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ditlab.demo import DEMO_DEFAULTS
 from ditlab.flops import count
+from ditlab.models.layers import set_attention_backend
+from ditlab.objectives.flow import velocity_of
 from ditlab.objectives.gaussian import DiffusionConfig, GaussianDiffusion
-from ditlab.registry import create_model, list_models
+from ditlab.registry import create_model, list_models, model_config
 from ditlab.sampling import CFGConfig, classifier_free_guidance, ddpm_step
 from ditlab.sampling.ddpm import batch_timesteps
+from ditlab.train.config import TrainConfig
+from ditlab.train.ema import EMA
+from ditlab.train.objective import OBJECTIVES, build_objective
+from ditlab.train.step import StepParts, optimisation_step
 
+ATTENTION_BACKENDS = ("sdpa", "explicit", "flex")
+SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+ADAMW_IMPLS = ("fused", "foreach", "for-loop")
 LATENT_DOWNSAMPLE = 8  # SD VAE: 256 px images -> 32 x 32 latents
 TRAIN_FLOPS_PER_MAC = 3 * 2  # forward + backward ~ 3 x forward, 2 FLOPs per multiply-accumulate
 SAMPLE_FLOPS_PER_MAC = 2 * 2  # two forwards per guided image (cond + uncond), 2 FLOPs per MAC; 2 at scale 1
@@ -78,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run = parser.add_argument_group("what to measure")
     run.add_argument("--mode", choices=("both", "train", "sample"), default="both",
                      help="which measurements to run (default: %(default)s; sample runs first)")
+    run.add_argument("--objective", choices=("auto", *OBJECTIVES), default="auto",
+                     help="training objective; auto = the family's own (MDT*: mdt, the full + masked pass whose "
+                          "masked pass MFU does not count; DDT: flow; else diffusion) (default: %(default)s)")
     run.add_argument("--batch-size", type=int, default=32, metavar="N", help="training batch (default: 32)")
     run.add_argument("--sample-batch-size", type=int, default=None, metavar="N",
                      help="guided images per sampling step (the forward sees 2N); default: --batch-size")
@@ -91,12 +109,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     speed = parser.add_argument_group("speed options")
     speed.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                        help="bf16 = autocast; weights and optimizer stay fp32 (default: %(default)s)")
-    speed.add_argument("--attention", choices=("sdpa", "explicit"), default="sdpa",
+    speed.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa",
                        help="sdpa = F.scaled_dot_product_attention; explicit = softmax(QK^T)V as the official "
-                            "code (default: %(default)s)")
+                            "code; flex = FlexAttention for MDT's relative-bias attention, SDPA elsewhere "
+                            "(default: %(default)s)")
+    speed.add_argument("--sdpa-backend", choices=SDPA_BACKENDS, default="auto",
+                       help="restrict SDPA to one kernel (torch.nn.attention.sdpa_kernel); auto = torch's choice "
+                            "(default: %(default)s)")
     speed.add_argument("--compile", action="store_true", help="torch.compile each block (block.compile())")
     speed.add_argument("--grad-checkpointing", action="store_true",
                        help="recompute block activations in backward (training only; MFU does not count it)")
+    speed.add_argument("--adamw", choices=ADAMW_IMPLS, default=None,
+                       help="AdamW kernel: fused (one kernel), foreach (a few per step), for-loop (one per "
+                            "tensor); default: fused on CUDA, foreach on CPU")
+    speed.add_argument("--tf32", action="store_true",
+                       help="allow TF32 for fp32 matmuls and convolutions (torch.backends flags; CUDA)")
+    speed.add_argument("--no-ema", action="store_true", help="skip the EMA update the training loop does each step")
+    speed.add_argument("--sync-every-step", action="store_true",
+                       help="read the loss to the host every step, as a naive loop does (ditlab train does not)")
+    speed.add_argument("--cfg-batch", choices=("joint", "separate"), default="joint",
+                       help="sampling: one forward on 2N (joint) or two on N (default: %(default)s)")
+    speed.add_argument("--cuda-graphs", action="store_true",
+                       help="sampling: torch.compile the whole model with mode='reduce-overhead' (CUDA graphs); "
+                            "CUDA only, replaces --compile for the sampling measurement")
     machine = parser.add_argument_group("machine and output")
     machine.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
                          help="default: cuda if available, else cpu (here: %(default)s)")
@@ -122,6 +157,10 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--warmup={args.warmup} must be >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "error: --device cuda, but torch.cuda.is_available() is False (CPU-only torch or no GPU)\n")
+    if args.cuda_graphs and args.device != "cuda":
+        parser.error("--cuda-graphs needs --device cuda (CUDA graphs do not exist on CPU)")
+    if args.sdpa_backend != "auto" and args.attention == "explicit":
+        parser.error(f"--sdpa-backend {args.sdpa_backend} has no effect with --attention explicit")
     if args.image_size % LATENT_DOWNSAMPLE:
         parser.error(f"--image-size={args.image_size} must be a multiple of {LATENT_DOWNSAMPLE}")
     for name in ("input_size", "sample_batch_size"):
@@ -195,15 +234,24 @@ def build_model(args: argparse.Namespace, device: torch.device) -> nn.Module:
     """The preset with the benchmark's attention, checkpointing and compile settings, on ``device``."""
     torch.manual_seed(args.seed)
     model = create_model(args.model, **model_overrides(args)).to(device)
-    model.check_inputs = False  # the label-range check reads y.min()/max(): a host sync every call on CUDA
+    model.check_inputs = False  # as in the loop and sampler after their first call (inputs_checked_once)
     model.grad_checkpointing = args.grad_checkpointing
-    for module in model.modules():
-        if hasattr(module, "fused"):  # Attention and CrossAttention
-            module.fused = args.attention == "sdpa"
+    set_attention_backend(model, args.attention)
     if args.compile:
         for block in model.blocks:
             block.compile()
     return model
+
+
+def sdpa_context(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """Restrict SDPA to the --sdpa-backend kernel (an error at the first call if it cannot run the shapes)."""
+    if args.sdpa_backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernel = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[args.sdpa_backend]
+    return sdpa_kernel(kernel)
 
 
 def random_latents(model: nn.Module, batch: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -219,35 +267,68 @@ def autocast(args: argparse.Namespace, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
 
 
+def adamw(params: list[nn.Parameter], args: argparse.Namespace, device: torch.device) -> torch.optim.AdamW:
+    """DiT's AdamW (lr 1e-4, no weight decay) with the --adamw kernel."""
+    impl = args.adamw or ("fused" if device.type == "cuda" else "foreach")
+    kernel = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[impl]
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, **kernel)
+
+
+def objective_name(args: argparse.Namespace) -> str:
+    """--objective, with "auto" resolved to the family's own (the demo's choice per family)."""
+    if args.objective != "auto":
+        return args.objective
+    return DEMO_DEFAULTS.get(model_config(args.model)[0].name, DEMO_DEFAULTS["DiT"])[2]
+
+
+def training_objective(model: nn.Module, args: argparse.Namespace):
+    """The objective the training loop would build for this model (learned σ iff the model predicts it)."""
+    learn_sigma = getattr(model, "out_channels", 2 * args.in_channels) == 2 * args.in_channels
+    config = TrainConfig(objective=objective_name(args), diffusion=DiffusionConfig(learn_sigma=learn_sigma))
+    return build_objective(config, model=model)
+
+
 def make_train_step(model: nn.Module, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
-    """A closure running one forward + backward + AdamW step on a fixed random batch."""
-    objective = GaussianDiffusion(DiffusionConfig())
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0, fused=device.type == "cuda")
+    """A closure running the training loop's step (forward, backward, AdamW, EMA) on a fixed random batch."""
+    optimizer = adamw([p for p in model.parameters() if p.requires_grad], args, device)
+    ema = None if args.no_ema else EMA(model)
+    parts = StepParts(model, model, training_objective(model, args), optimizer, ema, autocast(args, device))
     x0, y = random_latents(model, args.batch_size, device)
+    counter = iter(range(10**9))
 
     def step() -> None:
-        with autocast(args, device):
-            loss = objective.loss(model, x0, y)["loss"].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        with sdpa_context(args):
+            stats = optimisation_step(parts, x0, y, next(counter), 1e-4)
+        if args.sync_every_step:
+            float(stats.terms[0])
 
     model.train()
     return step
 
 
 def make_sample_step(model: nn.Module, args: argparse.Namespace, device: torch.device) -> Callable[[], None]:
-    """A closure running one guided DDPM step (250-step respacing, mid-trajectory) in inference mode."""
-    diffusion = GaussianDiffusion(DiffusionConfig()).with_respacing(str(args.sample_steps))
+    """A closure running one guided sampler step in inference mode: DDPM (250-step respacing, mid-trajectory),
+    or for a flow model (DDT) one Euler step at t = 0.5 — the same network cost per step."""
     x, y = random_latents(model, args.sample_batch_size, device)
-    cfg = CFGConfig(scale=args.cfg_scale, null_class=model.config.num_classes)
-    denoiser = classifier_free_guidance(model, y, cfg)
-    t = batch_timesteps(diffusion.num_timesteps // 2, x)
+    cfg = CFGConfig(scale=args.cfg_scale, null_class=model.config.num_classes, joint_batch=args.cfg_batch == "joint")
+    network = torch.compile(model, mode="reduce-overhead") if args.cuda_graphs else model
+    if objective_name(args) == "flow":
+        velocity = classifier_free_guidance(lambda x_t, t, labels: velocity_of(network(x_t, t, labels)), y, cfg)
+        t = torch.full((x.shape[0],), 0.5, device=device)
+
+        def update() -> Tensor:
+            return x + (1.0 / args.sample_steps) * velocity(x, t)
+    else:
+        diffusion = GaussianDiffusion(DiffusionConfig()).with_respacing(str(args.sample_steps))
+        denoiser = classifier_free_guidance(network, y, cfg)
+        t = batch_timesteps(diffusion.num_timesteps // 2, x)
+
+        def update() -> Tensor:
+            return ddpm_step(diffusion, denoiser, x, t)["sample"]
 
     def step() -> None:
-        with torch.inference_mode(), autocast(args, device):
-            ddpm_step(diffusion, denoiser, x, t)
+        with torch.inference_mode(), autocast(args, device), sdpa_context(args):
+            update()
 
     model.eval()
     return step
@@ -374,6 +455,7 @@ def format_result(r: Result) -> str:
 def context(args: argparse.Namespace, device: torch.device, gmacs: float) -> dict[str, Any]:
     """Everything that identifies a run: settings, machine, software, date and machine load."""
     return {
+        "implementation": "ditlab",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_name(device),
         "device": device.type,
@@ -392,8 +474,11 @@ def print_header(info: dict[str, Any], args: argparse.Namespace) -> None:
     s = info["settings"]
     print(f"{args.model} | image {args.image_size} px, latent {s['latent_size']}x{s['latent_size']}x"
           f"{args.in_channels}, {args.num_classes} classes | {info['gmacs_per_image']:.3f} GMACs/img forward")
-    print(f"precision {args.precision} | attention {args.attention} | compile {args.compile} | "
-          f"grad checkpointing {args.grad_checkpointing} | warmup {args.warmup}, iters {args.iters}")
+    print(f"precision {args.precision} | attention {args.attention} (sdpa kernel {args.sdpa_backend}) | compile "
+          f"{args.compile} | grad checkpointing {args.grad_checkpointing} | warmup {args.warmup}, iters {args.iters}")
+    print(f"train: objective {objective_name(args)}, tf32 {args.tf32}, adamw {args.adamw or 'default'}, "
+          f"ema {not args.no_ema}, sync every step {args.sync_every_step} | "
+          f"sample: cfg batch {args.cfg_batch}, cuda graphs {args.cuda_graphs}")
     threads = f", {info['threads']} threads" if info["threads"] else ""
     peak = f" | MFU peak {args.peak_tflops:g} TFLOP/s" if info["device"] == "cuda" else ""
     print(f"{info['machine']}{threads} | torch {info['torch']} | {info['date']} | load {info['loadavg_1min']:.2f}"
@@ -415,6 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.sample_batch_size = args.sample_batch_size or args.batch_size
     device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = args.tf32
     if args.threads:
         torch.set_num_threads(args.threads)
     gmacs = count(args.model, args.image_size, **model_overrides(args)).gmacs

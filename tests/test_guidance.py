@@ -69,6 +69,16 @@ def test_one_batched_forward_on_doubled_inputs(inputs):
     assert called_y.tolist() == [1, 7, 42, NULL, NULL, NULL]
 
 
+def test_separate_passes_give_the_joint_result_with_two_forwards_on_n(inputs):
+    x, t, y = inputs
+    joint = classifier_free_guidance(ToyModel(), y, CFGConfig(scale=2.5))(x, t)
+    model = ToyModel()
+    separate = classifier_free_guidance(model, y, CFGConfig(scale=2.5, joint_batch=False))(x, t)
+    assert [call[2].tolist() for call in model.calls] == [[1, 7, 42], [NULL, NULL, NULL]]
+    assert all(call[0] is x and call[1] is t for call in model.calls)
+    torch.testing.assert_close(separate, joint, rtol=0, atol=0)
+
+
 def test_legacy_three_channel_guidance_matches_official_forward_with_cfg(inputs):
     x, t, y = inputs
     model = ToyModel()

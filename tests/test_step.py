@@ -135,3 +135,13 @@ def test_mdtv2_mask_ratio_is_drawn_on_the_cpu():
     ratios = torch.cat([model.draw_mask_ratio() for _ in range(50)])
     assert ratios.device.type == "cpu" and ratios.dtype == torch.float32  # float32: the official kept count
     assert 0.3 <= float(ratios.min()) and float(ratios.max()) <= 0.5  # MDTv2: 0.3 + U[0, 0.2)
+
+
+def test_ddt_trains_after_sampling_in_inference_mode():
+    """DDT caches its RoPE table; one first built under inference_mode must not break a later backward."""
+    parts = step_parts("DDT")
+    x0, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
+    with torch.inference_mode():
+        parts.model(x0, torch.rand(2), y)
+    rows = read_window([optimisation_step(parts, x0, y, 0, 1e-3)])
+    assert math.isfinite(rows[0]["loss"])

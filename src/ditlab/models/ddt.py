@@ -205,7 +205,8 @@ class DDT(nn.Module):
         key = (height, width, str(device))
         if key not in self._rope_cache:
             head_dim = self.config.hidden_size // self.config.num_groups
-            self._rope_cache[key] = rope_2d_freqs(head_dim, height, width, scale=ROPE_SCALE).to(device)
+            with torch.inference_mode(False):  # a table first built while sampling must still serve training
+                self._rope_cache[key] = rope_2d_freqs(head_dim, height, width, scale=ROPE_SCALE).to(device)
         return self._rope_cache[key]
 
     def patchify(self, x: Tensor) -> Tensor:

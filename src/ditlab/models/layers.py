@@ -7,6 +7,7 @@ Module and parameter names follow the official code (which used timm's names: ``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,57 @@ def attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, fused
     return scores.softmax(dim=-1) @ v
 
 
+_ScoreMod = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]  # (score, b, h, q_idx, kv_idx) -> score
+
+ATTENTION_BACKENDS = ("sdpa", "explicit", "flex")
+FLEX_MIN_TORCH = "2.5"
+
+# torch's flex_attention refuses a backward pass on these devices (its API check; CUDA has Triton kernels).
+_FLEX_NO_BACKWARD_DEVICES = frozenset({"cpu", "mps"})
+_flex_fn: Callable[..., Tensor] | None = None  # torch.nn.attention.flex_attention.flex_attention, imported lazily
+_compiled_flex_fn: Callable[..., Tensor] | None = None  # its torch.compile'd version, built on first CUDA call
+
+
+def _load_flex_attention() -> Callable[..., Tensor]:
+    """``flex_attention``, imported on first use: the project supports torch 2.4, which does not have it."""
+    global _flex_fn
+    if _flex_fn is None:
+        try:
+            from torch.nn.attention.flex_attention import flex_attention
+        except ImportError as e:
+            raise RuntimeError(
+                f"the 'flex' attention backend needs torch.nn.attention.flex_attention (torch >= {FLEX_MIN_TORCH}); "
+                f"this is torch {torch.__version__}: use the 'sdpa' backend or upgrade torch"
+            ) from e
+        _flex_fn = flex_attention
+    return _flex_fn
+
+
+def _flex_supported(q: Tensor, k: Tensor, v: Tensor) -> bool:
+    """Whether FlexAttention can run these inputs: torch has no flex backward on CPU / MPS and raises there."""
+    return q.device.type not in _FLEX_NO_BACKWARD_DEVICES or not (q.requires_grad or k.requires_grad
+                                                                   or v.requires_grad)
+
+
+def _flex_attention(q: Tensor, k: Tensor, v: Tensor, score_mod: _ScoreMod) -> Tensor:
+    """softmax(score_mod(q k^T / sqrt(d))) v through FlexAttention: the score modification is read in the kernel.
+
+    Eager ``flex_attention`` is a reference implementation that materialises the (N, heads, L, L) scores; only
+    a compiled call generates the fused kernel. So on CUDA the call goes through one ``torch.compile``d
+    ``flex_attention``, built once and shared by all layers (each forward's new ``score_mod`` closure has the
+    same code; a new masked length recompiles, after which dynamo marks the length dynamic). Elsewhere it runs
+    eagerly: compiling for CPU costs far more than it saves on test-sized inputs. Inside an outer
+    ``torch.compile`` the plain function is called: the outer compile traces and fuses it with the block.
+    """
+    global _compiled_flex_fn
+    fn = _load_flex_attention()
+    if q.device.type == "cuda" and not torch.compiler.is_compiling():
+        if _compiled_flex_fn is None:
+            _compiled_flex_fn = torch.compile(fn)
+        fn = _compiled_flex_fn
+    return fn(q, k, v, score_mod=score_mod)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with a fused ``qkv`` projection (q, k, v order) and output ``proj``."""
 
@@ -152,14 +204,23 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.fused = True
+        self.fused = True  # SDPA (True) or the explicit softmax (False); see set_attention_backend
+
+    def qkv_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v of the tokens ``x`` (N, L, D), each (N, heads, L, head_dim)."""
+        n, length, _ = x.shape
+        qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        return q, k, v
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        """The output projection of the attention result (N, heads, L, head_dim) -> (N, L, D)."""
+        n, _, length, _ = x.shape
+        return self.proj(x.transpose(1, 2).reshape(n, length, self.num_heads * self.head_dim))
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        n, length, dim = x.shape
-        qkv = self.qkv(x).reshape(n, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (N, heads, L, head_dim)
-        x = attention(q, k, v, bias, self.fused)
-        return self.proj(x.transpose(1, 2).reshape(n, length, dim))
+        q, k, v = self.qkv_heads(x)
+        return self.merge_heads(attention(q, k, v, bias, self.fused))
 
 
 class CrossAttention(nn.Module):
@@ -172,7 +233,7 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.fused = True
+        self.fused = True  # SDPA (True) or the explicit softmax (False); see set_attention_backend
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         n, length, dim = x.shape
@@ -212,19 +273,65 @@ class RelativePositionBias(nn.Module):
         index = index[ids_keep[:, :, None], ids_keep[:, None, :]]  # (B, L, L)
         return self.relative_position_bias_table[index].permute(0, 3, 1, 2)
 
+    def score_mod(self, ids_keep: Tensor | None = None) -> _ScoreMod:
+        """The same bias as a FlexAttention ``score_mod``: one table entry read per score, nothing materialised.
+
+        The table stays a captured tensor, so its gradient flows through the kernel's backward; the gathered
+        value is cast to the score's dtype (fp32 table, scores in whatever precision the kernel accumulates).
+        """
+        table, index = self.relative_position_bias_table, self.relative_position_index
+        if ids_keep is None:
+            def rel_bias(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+                return score + table[index[q_idx, kv_idx], h].to(score.dtype)
+        else:
+            def rel_bias(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+                return score + table[index[ids_keep[b, q_idx], ids_keep[b, kv_idx]], h].to(score.dtype)
+        return rel_bias
+
 
 class RelPosAttention(Attention):
     """:class:`Attention` plus a per-layer :class:`RelativePositionBias` added to the logits (MDT's attention).
 
-    The bias goes to SDPA as an additive ``attn_mask``; ``ids_keep`` restricts it to the tokens kept by masking.
+    By default the bias goes to SDPA as an additive ``attn_mask``, materialised as (B, heads, L, L) and keeping
+    SDPA off its flash kernel on GPU. With ``flex`` (and ``fused``) it is a FlexAttention ``score_mod`` instead,
+    read inside the fused kernel. ``ids_keep`` restricts it to the tokens kept by masking.
     """
 
     def __init__(self, dim: int, num_heads: int, grid_size: int, qkv_bias: bool = True):
         super().__init__(dim, num_heads, qkv_bias=qkv_bias)
         self.rel_pos_bias = RelativePositionBias(grid_size, num_heads)
+        self.flex = False  # FlexAttention when fused; see set_attention_backend
 
     def forward(self, x: Tensor, ids_keep: Tensor | None = None) -> Tensor:  # type: ignore[override]
-        return super().forward(x, self.rel_pos_bias(ids_keep))
+        q, k, v = self.qkv_heads(x)
+        # Where torch's flex has no backward (CPU / MPS training) the bias goes to SDPA: the same maths.
+        if self.flex and self.fused and _flex_supported(q, k, v):
+            x = _flex_attention(q, k, v, self.rel_pos_bias.score_mod(ids_keep))
+        else:
+            x = attention(q, k, v, self.rel_pos_bias(ids_keep), self.fused)
+        return self.merge_heads(x)
+
+
+def set_attention_backend(model: nn.Module, backend: str) -> nn.Module:
+    """Pick how every attention module of ``model`` computes attention; returns ``model`` (changed in place).
+
+    ``"sdpa"`` (the default of new models): ``F.scaled_dot_product_attention``. ``"explicit"``: softmax(QK^T)V
+    with plain matmuls, the official code's formula (what FLOP counting uses). ``"flex"``: MDT's
+    :class:`RelPosAttention` through FlexAttention with the relative bias as a ``score_mod``, so the bias is never
+    materialised and no additive mask pushes SDPA off its fastest kernels; every other attention module keeps
+    SDPA, which FlexAttention could not beat without a score modification. Parameters and state dicts are
+    untouched. Every module with a ``fused`` attribute (the attention modules) is set.
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(ATTENTION_BACKENDS)}")
+    if backend == "flex":
+        _load_flex_attention()  # fail here, with the torch version needed, rather than in the first forward
+    for module in model.modules():
+        if hasattr(module, "fused"):
+            module.fused = backend != "explicit"
+        if isinstance(module, RelPosAttention):
+            module.flex = backend == "flex"
+    return model
 
 
 class Mlp(nn.Module):

@@ -46,6 +46,7 @@ class CFGConfig:
     scale: float | ScaleFn = 1.0  # w in uncond + w·(cond − uncond); a callable makes it depend on t
     null_class: int = 1000  # the label of the unconditional ("dropped") class, = num_classes
     guided_channels: int | None = None  # None = all prediction channels; 3 = official DiT/MDT legacy
+    joint_batch: bool = True  # one forward on [cond; uncond] (2N); False = two forwards on N (half the activations)
 
     def __post_init__(self) -> None:
         if not callable(self.scale) and not isinstance(self.scale, (int, float)):
@@ -82,17 +83,20 @@ def classifier_free_guidance(
     """A denoiser (x, t) -> guided output of N samples, calling ``model(x, t, y)``.
 
     One batched forward on [x, x], [t, t], [y, null] gives the conditional and unconditional outputs; this
-    equals the first half of the official ``forward_with_cfg``. The prediction occupies the first
-    x.shape[1] output channels (any further channels are σ and pass through from the conditional half).
-    A constant scale of 1 runs a single plain conditional forward.
+    equals the first half of the official ``forward_with_cfg``. ``cfg.joint_batch=False`` runs two forwards
+    on N instead: the same outputs (up to kernel choice), half the activation memory, usually slower. The
+    prediction occupies the first x.shape[1] output channels (any further channels are σ and pass through from
+    the conditional half). A constant scale of 1 runs a single plain conditional forward.
     """
     null_labels = torch.full_like(y, cfg.null_class)
 
     def denoise(x: Tensor, t: Tensor) -> Tensor:
         if cfg.is_unguided:
             return model(x, t, y)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null_labels]))
-        cond, uncond = out.chunk(2, dim=0)
+        if cfg.joint_batch:
+            cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null_labels])).chunk(2, dim=0)
+        else:
+            cond, uncond = model(x, t, y), model(x, t, null_labels)
         channels = x.shape[1] if cfg.guided_channels is None else cfg.guided_channels
         return guide(cond, uncond, _scale_tensor(cfg.scale, t, cond), channels)
 
