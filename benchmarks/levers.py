@@ -257,8 +257,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             vs_official = f"{speed / official:.2f}" if official and r.get("implementation") != "official" else "-"
             mfu = f"{100 * res['mfu']:.1f}%" if res.get("mfu") is not None else "-"
             model = r.get("settings", {}).get("model", "?")
-            out.append(f"| {r['lever']} | {model} | {step} | {res['batch']} | {speed:.2f} | {above} | {vs_official} | {mfu} "
-                       f"| {res['peak_memory_gib']:.1f} |")
+            out.append(f"| {r['lever']} | {model} | {step} | {res['batch']} | {speed:.2f} | {above} | {vs_official} "
+                       f"| {mfu} | {res['peak_memory_gib']:.1f} |")
             previous[step] = speed
         out.append("")
     return "\n".join(out)
