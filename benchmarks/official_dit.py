@@ -279,16 +279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parts.add_argument("--no-tf32", action="store_true",
                        help="leave TF32 off (strict fp32); by default TF32 matmul + cuDNN are on, as train.py and "
                             "sample.py set them")
-    machine = parser.add_argument_group("machine and output")
-    machine.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
-                         help="default: cuda if available, else cpu (here: %(default)s)")
-    machine.add_argument("--threads", type=int, default=None, metavar="T",
-                         help="CPU threads (torch.set_num_threads); default: torch's choice")
-    machine.add_argument("--peak-tflops", type=float, default=989.0, metavar="TF",
-                         help="peak dense TFLOP/s for MFU (default: %(default)s = H100 SXM bf16, the figure our "
-                              "rows use; the official code runs fp32/TF32: 494.5 = H100 SXM TF32 dense)")
-    machine.add_argument("--json", type=Path, default=None, metavar="PATH",
-                         help="append one JSON line per measurement: settings, machine, torch, date, results")
+    tt.add_machine_arguments(parser, "the figure our rows use; the official code runs fp32/TF32: 494.5 = H100 "
+                                     "SXM TF32 dense")
     args = parser.parse_args(argv)
     check_args(parser, args)
     return args

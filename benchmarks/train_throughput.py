@@ -132,20 +132,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     speed.add_argument("--cuda-graphs", action="store_true",
                        help="sampling: torch.compile the whole model with mode='reduce-overhead' (CUDA graphs); "
                             "CUDA only, replaces --compile for the sampling measurement")
+    add_machine_arguments(parser, "e.g. 67 for H100 SXM fp32, as torch leaves TF32 matmuls off; 756 for H100 "
+                                  "PCIe bf16")
+    args = parser.parse_args(argv)
+    check_args(parser, args)
+    return args
+
+
+def add_machine_arguments(parser: argparse.ArgumentParser, peak_note: str) -> None:
+    """--device, --threads, --peak-tflops and --json, shared with the official-code benchmark."""
     machine = parser.add_argument_group("machine and output")
     machine.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu",
                          help="default: cuda if available, else cpu (here: %(default)s)")
     machine.add_argument("--threads", type=int, default=None, metavar="T",
                          help="CPU threads (torch.set_num_threads); default: torch's choice")
     machine.add_argument("--peak-tflops", type=float, default=989.0, metavar="TF",
-                         help="peak dense TFLOP/s of the accelerator for MFU (default: %(default)s = H100 SXM "
-                              "bf16; e.g. 67 for H100 SXM fp32, as torch leaves TF32 matmuls off; 756 for H100 "
-                              "PCIe bf16)")
+                         help=f"peak dense TFLOP/s of the accelerator for MFU (default: %(default)s = H100 SXM "
+                              f"bf16; {peak_note})")
     machine.add_argument("--json", type=Path, default=None, metavar="PATH",
                          help="append one JSON line per measurement: settings, machine, torch, date, results")
-    args = parser.parse_args(argv)
-    check_args(parser, args)
-    return args
 
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
