@@ -130,3 +130,13 @@ def test_flow_checkpoint_samples_with_the_flow_sampler(tmp_path):
     direct = generate_latents(loaded, objective, torch.tensor([0, 1]), sampler_steps="euler2", cfg_scale=1.5,
                               seeds=[0, 1])
     assert np.array_equal(images, to_uint8(direct))
+
+
+def test_attention_backend_is_a_speed_option_not_part_of_the_identity(checkpoint, tmp_path):
+    sdpa = read(run_sample(cfg(checkpoint, tmp_path / "a.npz")))[0]
+    explicit_config = cfg(checkpoint, tmp_path / "b.npz", attention="explicit")
+    assert explicit_config.identity() == cfg(checkpoint, tmp_path / "b.npz").identity()
+    explicit = read(run_sample(explicit_config))[0]
+    assert np.abs(sdpa.astype(int) - explicit.astype(int)).max() <= 1  # the same images up to rounding
+    with pytest.raises(ValueError, match="attention='flash' is not one of sdpa, explicit, flex"):
+        cfg(checkpoint, tmp_path / "c.npz", attention="flash")

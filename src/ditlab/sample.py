@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .imageio import make_grid, to_uint8
+from .models.layers import ATTENTION_BACKENDS, set_attention_backend
 from .objectives import DiffusionConfig
 from .objectives.flow import FlowConfig
 from .sampling.generate import generate_latents
@@ -51,6 +52,8 @@ class SampleConfig:
     seed: int = 0  # image i uses seed + i
     batch_size: int = 32  # images per forward and per resumable chunk (keep it fixed across resumes)
     precision: str = "fp32"  # "fp32" or "bf16" autocast for the backbone
+    attention: str = "sdpa"  # "sdpa", "explicit" (the official softmax) or "flex" (MDT: bias inside FlexAttention)
+    compile: bool = False  # torch.compile each block (speed only: not part of the run's identity, like attention)
     png_dir: str | None = None  # also write every image as PNG here
     grid: str | None = None  # also write a grid PNG of the first grid_size images
     grid_size: int = 64  # images in the grid
@@ -65,6 +68,8 @@ class SampleConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention={self.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
         if self.labels not in LABEL_MODES and not self.labels.isdigit():
             raise ValueError(f"labels={self.labels!r} must be one of {', '.join(LABEL_MODES)} or a class index")
 
@@ -130,6 +135,15 @@ def parts_dir(out: Path) -> Path:
 
 def chunk_path(parts: Path, c: int) -> Path:
     return parts / f"chunk_{c:06d}.npz"
+
+
+def prepare_for_speed(model: nn.Module, config: SampleConfig) -> nn.Module:
+    """The --attention backend and, if asked, a compiled block each (the same weights and outputs up to rounding)."""
+    set_attention_backend(model, config.attention)
+    if config.compile:
+        for block in getattr(model, "blocks", []):
+            block.compile()
+    return model
 
 
 def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, codec: Any, config: SampleConfig,
@@ -221,7 +235,7 @@ def run_sample(config: SampleConfig) -> Path:
     todo = [c for c in range(len(chunks)) if c % info.world_size == info.rank and not chunk_path(parts, c).is_file()]
     if todo:
         model, diffusion = load_sampling_model(config.checkpoint, config.model)
-        model = model.to(info.device)
+        model = prepare_for_speed(model.to(info.device), config)
         codec = load_codec(config.vae, model.config.in_channels, info.device, config.allow_download)
         bar = tqdm(total=len(todo), disable=not (info.is_main and config.progress), desc="sample", unit="chunk",
                    dynamic_ncols=True)
