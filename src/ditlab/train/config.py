@@ -45,6 +45,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile each block
     grad_checkpointing: bool = False  # recompute block activations in backward
     parallel: str = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard per block, then the root)
+    fsdp_mixed_precision: bool = False  # FSDP2 bf16 params (compute, all-gather), fp32 grad reduce; needs fsdp+bf16
     device: str | None = None  # "cpu" / "cuda"; None = CUDA when available
     log_every: int = 50  # steps between metrics lines
     ckpt_every: int = 1000  # steps between checkpoints (and one at the end)
@@ -68,6 +69,9 @@ class TrainConfig:
             raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.parallel not in PARALLEL_MODES:
             raise ValueError(f"parallel={self.parallel!r} is not one of {', '.join(PARALLEL_MODES)}")
+        if self.fsdp_mixed_precision and (self.parallel, self.precision) != ("fsdp", "bf16"):
+            raise ValueError(f"fsdp_mixed_precision=True needs parallel='fsdp' and precision='bf16' "
+                             f"(got parallel={self.parallel!r}, precision={self.precision!r})")
         for name in ("steps", "global_batch", "log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")

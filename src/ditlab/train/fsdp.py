@@ -7,6 +7,11 @@ EMA: the shadow copy is made from the unsharded model (as for DDP) and then shar
 rank holds and averages only its own shard (``torch._foreach_lerp_`` on matching DTensors): no extra
 communication per step, 1/world of the EMA memory. The full EMA weights are gathered only to save or sample.
 
+Mixed precision (``TrainConfig.fsdp_mixed_precision``): the trained model gets FSDP2's
+``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``: parameters are all-gathered and run in bf16,
+gradients are reduce-scattered in fp32 into the fp32 shards, which stay the optimizer's master weights. The EMA
+copy gets no policy (it is never run forward in training, and its shards and gathered weights stay fp32).
+
 Checkpoints keep the single-process layout (see :mod:`ditlab.train.checkpoint`) except the train state:
 
 - ``step_<S>.train_state.dcp/``: a ``torch.distributed.checkpoint`` folder with the sharded model, optimizer
@@ -44,20 +49,35 @@ def _fsdp_api() -> tuple[Callable[..., Any], Callable[..., Any]]:
     return fully_shard, init_device_mesh
 
 
-def shard(model: nn.Module, ema_module: nn.Module, info: DistInfo) -> None:
+def mixed_precision_policy() -> Any:
+    """The bf16 ``MixedPrecisionPolicy`` of ``fsdp_mixed_precision``: bf16 compute and all-gather, fp32 reduce.
+
+    ``cast_forward_inputs=False``: FSDP2 would otherwise cast every floating input to bf16 at each unit's
+    forward, including flow's continuous timestep ``t`` before the fp32 timestep embedding (t = 0.537 would reach
+    the model as 0.5352). The loop keeps autocast on, which casts matmul inputs to bf16 anyway and keeps
+    softmax, norms and the loss in fp32, and lets fp32 modules outside FSDP (REPA's projector) take bf16 features.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
+def shard(model: nn.Module, ema_module: nn.Module, info: DistInfo, mixed_precision: bool = False) -> None:
     """Apply FSDP2 in place to the model and its EMA copy: each block of ``model.blocks``, then the root.
 
     Call after the EMA copy is made and before the optimizer is built (sharding replaces the parameters).
+    ``mixed_precision`` gives the model (not the EMA copy) :func:`mixed_precision_policy`.
     """
     if info.world_size < 2:
         raise ValueError(f"parallel='fsdp' needs torchrun with 2 or more processes (world size {info.world_size}); "
                          "use parallel='ddp' on one process")
     fully_shard, init_device_mesh = _fsdp_api()
     mesh = init_device_mesh(info.device.type, (info.world_size,))
-    for module in (model, ema_module):
+    for module, bf16 in ((model, mixed_precision), (ema_module, False)):
+        kwargs = {"mesh": mesh, "mp_policy": mixed_precision_policy()} if bf16 else {"mesh": mesh}
         for block in module.blocks:
-            fully_shard(block, mesh=mesh)
-        fully_shard(module, mesh=mesh)
+            fully_shard(block, **kwargs)
+        fully_shard(module, **kwargs)
 
 
 def _state_owner(model: nn.Module, objective: nn.Module | None) -> nn.Module:

@@ -182,7 +182,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
     sharded = config.parallel == "fsdp"
     if sharded:  # model and EMA copy sharded alike; must precede the optimizer (it swaps the parameters)
-        fsdp.shard(model, ema.module, info)
+        fsdp.shard(model, ema.module, info, mixed_precision=config.fsdp_mixed_precision)
     opt = build_optimizer(model, config, info.device)
     if objective_params:
         opt.add_param_group({"params": objective_params})
