@@ -11,6 +11,7 @@ import torch
 
 from ditlab.cli import main as cli_main
 from ditlab.data import StepBatchSampler
+from ditlab.models import layers
 from ditlab.objectives import GaussianDiffusion
 from ditlab.train import NonFiniteLossError, TrainConfig, train
 from ditlab.train import checkpoint as ckpt
@@ -172,3 +173,24 @@ def test_model_data_mismatch_is_one_line(tmp_path):
         train(tiny_config(tmp_path / "run", model_args={**TINY, "in_channels": 4}))
     with pytest.raises(ValueError, match=r"model predicts 1 channels but the diffusion objective needs 2"):
         train(tiny_config(tmp_path / "run2", model_args={**TINY, "learn_sigma": False}))
+
+
+def test_attention_backend_option_trains_the_same_model(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="attention='flash' is not one of sdpa, explicit, flex"):
+        tiny_config(tmp_path / "bad", attention="flash")
+    fused_flags: dict[str, set[bool]] = {}
+    original = layers.attention
+
+    def recording(q, k, v, bias=None, fused=True):
+        fused_flags.setdefault(current, set()).add(fused)
+        return original(q, k, v, bias, fused)
+
+    monkeypatch.setattr(layers, "attention", recording)
+    runs = {}
+    for current in ("sdpa", "explicit"):
+        runs[current] = train(tiny_config(tmp_path / current, steps=4, ckpt_every=4, attention=current))
+    assert fused_flags == {"sdpa": {True}, "explicit": {False}}
+    sdpa, explicit = (final_state(runs[name].run_dir, 4)[0] for name in ("sdpa", "explicit"))
+    for key in sdpa:
+        torch.testing.assert_close(explicit[key], sdpa[key], atol=1e-5, rtol=1e-4)
+    assert TrainConfig.load(runs["explicit"].run_dir / "config.json").attention == "explicit"

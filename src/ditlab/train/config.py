@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..models.layers import ATTENTION_BACKENDS
 from ..models.repa import REPAConfig
 from ..objectives import DiffusionConfig
 from ..objectives.flow import FlowConfig
@@ -43,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"  # "fp32" or "bf16" (autocast; weights and optimizer stay fp32)
     compile: bool = False  # torch.compile each block
+    attention: str = "sdpa"  # "sdpa", "explicit" (official softmax) or "flex" (MDT: bias inside FlexAttention)
     grad_checkpointing: bool = False  # recompute block activations in backward
     parallel: str = "ddp"  # "ddp" or "fsdp" (FSDP2 fully_shard per block, then the root)
     fsdp_mixed_precision: bool = False  # FSDP2 bf16 params (compute, all-gather), fp32 grad reduce; needs fsdp+bf16
@@ -67,6 +69,8 @@ class TrainConfig:
         self.betas = tuple(self.betas)  # JSON round-trips tuples as lists
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention={self.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
         if self.parallel not in PARALLEL_MODES:
             raise ValueError(f"parallel={self.parallel!r} is not one of {', '.join(PARALLEL_MODES)}")
         if self.fsdp_mixed_precision and (self.parallel, self.precision) != ("fsdp", "bf16"):

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..data import StepBatchSampler
+from ..models.layers import set_attention_backend
 from ..optim import Adan
 from ..registry import create_model, family_of
 from . import checkpoint as ckpt
@@ -175,7 +176,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     run_dir = prepare_run_dir(config, resume, info)
     data = build_data_source(config, info)
     torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run of this config
-    model = build_model(config, data).to(info.device)
+    model = set_attention_backend(build_model(config, data).to(info.device), config.attention)
     objective = build_objective(config, model=model, codec=data.codec)
     objective_params = trainable_parameters(objective)  # e.g. REPA's projector, trained with the backbone
     trained_objective = objective.to(info.device) if objective_params else None
