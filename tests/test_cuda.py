@@ -108,3 +108,19 @@ def test_flex_backend_trains_mdtv2_in_bf16():
     y = torch.randint(0, 10, (8,), device="cuda")
     rows = read_window([optimisation_step(parts, x0, y, s, 1e-4) for s in range(3)])
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+
+
+def test_data_batches_reach_the_gpu_without_a_host_sync():
+    from ditlab.train.data_source import build_data_source
+    from ditlab.train.distributed import DistInfo
+
+    info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cuda"))
+    data = build_data_source(TrainConfig(data="digits", image_size=16), info)
+    data.batch(list(range(8)), step=0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        x, y = data.batch(list(range(8, 16)), step=1)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert x.is_cuda and y.is_cuda and x.shape[0] == 8

@@ -52,6 +52,8 @@ class DataSource:
                 x, y = self.dataset.get_batch(indices, flips.bool())
         else:
             x, y = self.dataset.get_batch(indices)
+        if self.device.type == "cuda":  # from pinned memory the copy is queued: the host does not wait for the GPU
+            x, y = x.pin_memory(), y.pin_memory()
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
 
