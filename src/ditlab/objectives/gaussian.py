@@ -201,7 +201,10 @@ class GaussianDiffusion:
 
     def original_timesteps(self, t: Tensor) -> Tensor:
         """timestep_map[t]: the original-scale timesteps the model is conditioned on."""
-        return self.timestep_map.to(t.device)[t]
+        key = ("timestep_map", t.device)
+        if key not in self._tables:  # copied once per device: a copy per sampling step would stall the host
+            self._tables[key] = self.timestep_map.to(t.device)
+        return self._tables[key][t]
 
     # ---- forward process q -----------------------------------------------------------------------------
 
