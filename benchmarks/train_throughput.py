@@ -8,8 +8,8 @@ Two measurements, each on random latents and labels (no data loading, no VAE):
           (--sync-every-step adds the per-step loss read of a naive loop, to measure what that costs).
   sample  one ancestral DDPM step with classifier-free guidance on --sample-batch-size images, in inference
           mode: one batched forward on 2N (conditional + unconditional; --cfg-batch separate: two on N), then
-          the DDPM update. img/s counts the N guided images advanced by one step; "img/s/run" divides that by
-          --sample-steps.
+          the DDPM update with each image's noise from its own generator (as ``ditlab sample``). img/s counts
+          the N guided images advanced by one step; "img/s/run" divides that by --sample-steps.
 
 Units (see BENCHMARKS.md): Gflops = multiply-accumulates (MACs) of one forward pass per image, the papers'
 convention (``ditlab.flops.count``). Model FLOPs of a training step = 3 x 2 x MACs per image (forward +
@@ -57,6 +57,7 @@ from ditlab.objectives.gaussian import DiffusionConfig, GaussianDiffusion
 from ditlab.registry import create_model, list_models, model_config
 from ditlab.sampling import CFGConfig, classifier_free_guidance, ddpm_step
 from ditlab.sampling.ddpm import batch_timesteps
+from ditlab.sampling.generate import image_generators
 from ditlab.train.config import TrainConfig
 from ditlab.train.ema import EMA
 from ditlab.train.objective import OBJECTIVES, build_objective
@@ -328,8 +329,10 @@ def make_sample_step(model: nn.Module, args: argparse.Namespace, device: torch.d
         denoiser = classifier_free_guidance(network, y, cfg)
         t = batch_timesteps(diffusion.num_timesteps // 2, x)
 
+        generators = image_generators(list(range(len(x))), device)  # one per image, as ditlab sample draws
+
         def update() -> Tensor:
-            return ddpm_step(diffusion, denoiser, x, t)["sample"]
+            return ddpm_step(diffusion, denoiser, x, t, generator=generators)["sample"]
 
     def step() -> None:
         with torch.inference_mode(), autocast(args, device), sdpa_context(args):
