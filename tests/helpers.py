@@ -26,3 +26,12 @@ def golden_state_dict(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 TINY_DIT = dict(input_size=8, patch_size=2, in_channels=4, hidden_size=64, depth=2, num_heads=4, num_classes=10)
+
+# One small config per family (the CPU tests of the shared step, sync-freedom and compile readiness).
+SMALL_MODELS = {
+    "DiT": dict(input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2, num_classes=10),
+    "MDTv2": dict(input_size=8, patch_size=2, hidden_size=32, depth=4, num_heads=2, num_classes=10, decode_layer=2),
+    "DDT": dict(input_size=8, patch_size=2, hidden_size=32, num_blocks=3, num_encoder_blocks=2, num_groups=2,
+                num_classes=10),
+    "DiffuSSM": dict(input_size=4, hidden_size=16, depth=2, state_size=4, num_classes=10),
+}

@@ -16,14 +16,7 @@ import ditlab
 from ditlab.objectives import DiffusionConfig, GaussianDiffusion
 from ditlab.objectives.flow import FlowConfig, FlowMatching
 from ditlab.objectives.masked import MaskedDiffusionObjective
-
-SMALL = {
-    "DiT": dict(input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2, num_classes=10),
-    "MDTv2": dict(input_size=8, patch_size=2, hidden_size=32, depth=4, num_heads=2, num_classes=10, decode_layer=2),
-    "DDT": dict(input_size=8, patch_size=2, hidden_size=32, num_blocks=3, num_encoder_blocks=2, num_groups=2,
-                num_classes=10),
-    "DiffuSSM": dict(input_size=4, hidden_size=16, depth=2, state_size=4, num_classes=10),
-}
+from helpers import SMALL_MODELS
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +27,7 @@ def fresh_dynamo():
 
 
 def inputs(family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    size = SMALL[family]["input_size"]
+    size = SMALL_MODELS[family]["input_size"]
     g = torch.Generator().manual_seed(1)
     t = torch.tensor([0.3, 0.9]) if family == "DDT" else torch.tensor([3, 500])
     return torch.randn(2, 4, size, size, generator=g), t, torch.tensor([1, 10])  # 10: the null class (CFG)
@@ -44,10 +37,10 @@ def first(out):
     return out[0] if isinstance(out, tuple) else out
 
 
-@pytest.mark.parametrize("family", list(SMALL))
+@pytest.mark.parametrize("family", list(SMALL_MODELS))
 def test_eval_forward_is_one_graph(family):
     torch.manual_seed(0)
-    model = ditlab.create_model(family, **SMALL[family]).eval()
+    model = ditlab.create_model(family, **SMALL_MODELS[family]).eval()
     model.check_inputs = False  # as inside inputs_checked_once after the first call
     x, t, y = inputs(family)
     with torch.no_grad():
@@ -63,13 +56,13 @@ def objective(family: str):
     return MaskedDiffusionObjective(diffusion) if family == "MDTv2" else diffusion
 
 
-@pytest.mark.parametrize("family", list(SMALL))
+@pytest.mark.parametrize("family", list(SMALL_MODELS))
 def test_training_with_every_block_compiled_matches_eager(family):
     x0, _, y = inputs(family)
     grads = []
     for compiled in (False, True):
         torch.manual_seed(0)
-        model = ditlab.create_model(family, **SMALL[family]).train()
+        model = ditlab.create_model(family, **SMALL_MODELS[family]).train()
         model.check_inputs = False
         if compiled:
             for block in model.blocks:

@@ -17,14 +17,8 @@ from ditlab.objectives.masked import MaskedDiffusionObjective
 from ditlab.sampling.generate import generate_latents
 from ditlab.train.ema import EMA
 from ditlab.train.step import NonFiniteLoss, StepParts, StepStats, optimisation_step, read_window
+from helpers import SMALL_MODELS
 
-SMALL = {
-    "DiT": dict(input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2, num_classes=10),
-    "MDTv2": dict(input_size=8, patch_size=2, hidden_size=32, depth=4, num_heads=2, num_classes=10, decode_layer=2),
-    "DDT": dict(input_size=8, patch_size=2, hidden_size=32, num_blocks=3, num_encoder_blocks=2, num_groups=2,
-                num_classes=10),
-    "DiffuSSM": dict(input_size=4, hidden_size=16, depth=2, state_size=4, num_classes=10),
-}
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__")
 # Reads of tensors that live on the CPU by design, on every device: MDTv2's mask ratio (MDT.draw_mask_ratio).
 CPU_BY_DESIGN = {("mdt.py", "random_masking")}
@@ -64,17 +58,17 @@ def objective_for(family: str):
 
 def step_parts(family: str, max_grad_norm: float | None = None) -> StepParts:
     torch.manual_seed(0)
-    model = ditlab.create_model(family, **SMALL[family])
+    model = ditlab.create_model(family, **SMALL_MODELS[family])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     return StepParts(model, model, objective_for(family), opt, EMA(model), torch.autocast("cpu", enabled=False),
                      max_grad_norm=max_grad_norm)
 
 
-@pytest.mark.parametrize("family", list(SMALL))
+@pytest.mark.parametrize("family", list(SMALL_MODELS))
 @pytest.mark.parametrize("max_grad_norm", [None, 1.0])
 def test_training_step_reads_nothing_back(family, max_grad_norm, monkeypatch):
     parts = step_parts(family, max_grad_norm)
-    size = SMALL[family]["input_size"]
+    size = SMALL_MODELS[family]["input_size"]
     x0, y = torch.randn(4, 4, size, size), torch.tensor([0, 3, 7, 9])
     with inputs_checked_once(parts.model):
         window = [optimisation_step(parts, x0, y, 0, 1e-3)]  # the first call validates the labels
@@ -90,7 +84,7 @@ def test_training_step_reads_nothing_back(family, max_grad_norm, monkeypatch):
 @pytest.mark.parametrize("family", ["DiT", "DiffuSSM"])
 def test_guided_ddpm_sampling_reads_nothing_back_after_the_first_step(family, monkeypatch):
     torch.manual_seed(0)
-    model = ditlab.create_model(family, **SMALL[family]).eval()
+    model = ditlab.create_model(family, **SMALL_MODELS[family]).eval()
     calls = {"n": 0}
 
     def guard_after_first_call(module, args, output):
@@ -119,7 +113,7 @@ def test_read_window_names_the_first_non_finite_step():
 
 def test_inputs_checked_once_validates_the_first_call_only():
     torch.manual_seed(0)
-    model = ditlab.create_model("DiT", **SMALL["DiT"]).eval()
+    model = ditlab.create_model("DiT", **SMALL_MODELS["DiT"]).eval()
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
     with inputs_checked_once(model), pytest.raises(ValueError, match="class id 11 is out of range"):
         model(x, t, torch.tensor([0, 11]))  # 10 is the null class
@@ -131,7 +125,7 @@ def test_inputs_checked_once_validates_the_first_call_only():
 
 
 def test_mdtv2_mask_ratio_is_drawn_on_the_cpu():
-    model = ditlab.create_model("MDTv2", **SMALL["MDTv2"])
+    model = ditlab.create_model("MDTv2", **SMALL_MODELS["MDTv2"])
     ratios = torch.cat([model.draw_mask_ratio() for _ in range(50)])
     assert ratios.device.type == "cpu" and ratios.dtype == torch.float32  # float32: the official kept count
     assert 0.3 <= float(ratios.min()) and float(ratios.max()) <= 0.5  # MDTv2: 0.3 + U[0, 0.2)
