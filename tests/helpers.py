@@ -35,3 +35,15 @@ SMALL_MODELS = {
                 num_classes=10),
     "DiffuSSM": dict(input_size=4, hidden_size=16, depth=2, state_size=4, num_classes=10),
 }
+
+
+def small_objective(family: str):
+    """The family's own training objective: flow matching (DDT), MDT's two passes (MDTv2), else diffusion."""
+    from ditlab.objectives import DiffusionConfig, GaussianDiffusion
+    from ditlab.objectives.flow import FlowConfig, FlowMatching
+    from ditlab.objectives.masked import MaskedDiffusionObjective
+
+    if family == "DDT":
+        return FlowMatching(FlowConfig())
+    diffusion = GaussianDiffusion(DiffusionConfig())
+    return MaskedDiffusionObjective(diffusion) if family == "MDTv2" else diffusion

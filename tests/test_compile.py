@@ -13,10 +13,7 @@ import pytest
 import torch
 
 import ditlab
-from ditlab.objectives import DiffusionConfig, GaussianDiffusion
-from ditlab.objectives.flow import FlowConfig, FlowMatching
-from ditlab.objectives.masked import MaskedDiffusionObjective
-from helpers import SMALL_MODELS
+from helpers import SMALL_MODELS, small_objective
 
 
 @pytest.fixture(autouse=True)
@@ -49,13 +46,6 @@ def test_eval_forward_is_one_graph(family):
     torch.testing.assert_close(compiled, expected, rtol=0, atol=1e-6)
 
 
-def objective(family: str):
-    if family == "DDT":
-        return FlowMatching(FlowConfig())
-    diffusion = GaussianDiffusion(DiffusionConfig())
-    return MaskedDiffusionObjective(diffusion) if family == "MDTv2" else diffusion
-
-
 @pytest.mark.parametrize("family", list(SMALL_MODELS))
 def test_training_with_every_block_compiled_matches_eager(family):
     x0, _, y = inputs(family)
@@ -68,7 +58,7 @@ def test_training_with_every_block_compiled_matches_eager(family):
             for block in model.blocks:
                 block.compile(backend="aot_eager", fullgraph=True)
         torch.manual_seed(1)  # the same t, noise, label dropout and mask in both runs
-        objective(family).loss(model, x0, y)["loss"].mean().backward()
+        small_objective(family).loss(model, x0, y)["loss"].mean().backward()
         grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:

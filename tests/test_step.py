@@ -11,13 +11,11 @@ import torch
 
 import ditlab
 from ditlab.models.checks import inputs_checked_once
-from ditlab.objectives import DiffusionConfig, GaussianDiffusion
-from ditlab.objectives.flow import FlowConfig, FlowMatching
-from ditlab.objectives.masked import MaskedDiffusionObjective
+from ditlab.objectives import DiffusionConfig
 from ditlab.sampling.generate import generate_latents
 from ditlab.train.ema import EMA
 from ditlab.train.step import NonFiniteLoss, StepParts, StepStats, optimisation_step, read_window
-from helpers import SMALL_MODELS
+from helpers import SMALL_MODELS, small_objective
 
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__")
 # Reads of tensors that live on the CPU by design, on every device: MDTv2's mask ratio (MDT.draw_mask_ratio).
@@ -46,21 +44,11 @@ def no_host_reads_from_ditlab(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.undo()
 
 
-def objective_for(family: str):
-    learn_sigma = family != "DDT"
-    diffusion = GaussianDiffusion(DiffusionConfig(learn_sigma=learn_sigma))
-    if family == "MDTv2":
-        return MaskedDiffusionObjective(diffusion)
-    if family == "DDT":
-        return FlowMatching(FlowConfig())
-    return diffusion
-
-
 def step_parts(family: str, max_grad_norm: float | None = None) -> StepParts:
     torch.manual_seed(0)
     model = ditlab.create_model(family, **SMALL_MODELS[family])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    return StepParts(model, model, objective_for(family), opt, EMA(model), torch.autocast("cpu", enabled=False),
+    return StepParts(model, model, small_objective(family), opt, EMA(model), torch.autocast("cpu", enabled=False),
                      max_grad_norm=max_grad_norm)
 
 
