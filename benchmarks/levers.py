@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -231,7 +232,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def load_rows(paths: Iterable[Path]) -> list[dict[str, Any]]:
-    return [json.loads(line) for p in paths for line in Path(p).read_text().splitlines() if line.strip()]
+    """Every JSON line of ``paths``; a missing file or a bad line is a one-line ValueError naming it."""
+    rows = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"{path} does not exist (write it with: levers.py run --out {path})")
+        for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number} is not a JSON line ({err.msg}); expected levers.py run output") \
+                    from None
+            if "suite" not in rows[-1] or not ("result" in rows[-1] or "failed" in rows[-1]):
+                raise ValueError(f"{path}:{number} is not a levers.py row (no suite/result); was it written by "
+                                 "levers.py run?")
+    return rows
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -290,7 +307,11 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def report(args: argparse.Namespace) -> int:
-    rows = load_rows(args.files)
+    try:
+        rows = load_rows(args.files)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not rows:
         print("no rows in " + ", ".join(map(str, args.files)), file=sys.stderr)
         return 1
@@ -319,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("files", type=Path, nargs="+")
     p.add_argument("--plot", type=Path, default=None, help="write a bar chart PNG (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.command == "run" and args.rows and not re.fullmatch(r"\d*:\d*", args.rows):
+        parser.error(f"--rows {args.rows!r} must be a slice A:B of row numbers (e.g. 0:5, 5:, :3)")
     if args.command == "run" and args.device == "cuda" and not args.smoke and not args.dry_run:
         import torch
 

@@ -518,7 +518,13 @@ def main(argv: list[str] | None = None) -> None:
     # Sampling first: on CPU without clear_refs, the RSS peak only grows, and training's is the larger.
     names = {"both": ("sample", "train"), "train": ("train",), "sample": ("sample",)}[args.mode]
     for name in names:
-        result = measure(name, args, model, gmacs, device)
+        try:
+            result = measure(name, args, model, gmacs, device)
+        except RuntimeError as err:
+            if args.sdpa_backend == "auto" or "scaled_dot_product_attention" not in str(err):
+                raise
+            sys.exit(f"error: --sdpa-backend {args.sdpa_backend} cannot run these inputs on {args.device} "
+                     f"({str(err).splitlines()[0]}); try another kernel or auto")
         print(format_result(result), flush=True)
         if args.json:
             append_json(args.json, info, result)

@@ -198,6 +198,6 @@ def test_flex_without_flex_attention_names_the_torch_version(monkeypatch):
     """torch 2.4 (allowed by the project) has no flex_attention: asking for it says which torch is needed."""
     monkeypatch.setattr(layers, "_flex_fn", None)
     monkeypatch.setitem(sys.modules, "torch.nn.attention.flex_attention", None)  # makes the import fail
-    with pytest.raises(RuntimeError, match=r"torch >= 2\.5"):
+    with pytest.raises(ValueError, match=r"torch >= 2\.5"):
         set_attention_backend(torch.nn.Linear(2, 2), "flex")
     set_attention_backend(torch.nn.Linear(2, 2), "sdpa")  # the other backends do not need it

@@ -160,7 +160,7 @@ def _load_flex_attention() -> Callable[..., Tensor]:
         try:
             from torch.nn.attention.flex_attention import flex_attention
         except ImportError as e:
-            raise RuntimeError(
+            raise ValueError(  # a value this torch cannot serve: the CLI reports it in one line
                 f"the 'flex' attention backend needs torch.nn.attention.flex_attention (torch >= {FLEX_MIN_TORCH}); "
                 f"this is torch {torch.__version__}: use the 'sdpa' backend or upgrade torch"
             ) from e
