@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ditlab.models.registry import create_model
 from ditlab.objectives.flow import FlowConfig
-from ditlab.registry import create_model
 from ditlab.sampling.generate import generate_flow_latents
 from ditlab.sampling.ode import FlowSamplerConfig
 from ditlab.train import TrainConfig, train

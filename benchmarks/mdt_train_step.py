@@ -25,10 +25,10 @@ from collections.abc import Callable
 
 import torch
 
+from ditlab.models.registry import create_model
 from ditlab.objectives import DiffusionConfig, GaussianDiffusion
 from ditlab.objectives.masked import MaskedDiffusionObjective
 from ditlab.optim import Adan
-from ditlab.registry import create_model
 
 RUNS = [("DiT", "diffusion"), ("MDT", "diffusion"), ("MDT", "mdt"), ("MDTv2", "diffusion"), ("MDTv2", "mdt")]
 

@@ -70,7 +70,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).parent))
 import train_throughput as tt  # noqa: E402  (the shared timing, memory and output helpers)
 from ditlab.flops import count  # noqa: E402
-from ditlab.registry import create_model  # noqa: E402
+from ditlab.models.registry import create_model  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OFFICIAL_DIR = ".baselines/DiT"

@@ -52,9 +52,9 @@ from torch import Tensor, nn
 from ditlab.demo import DEMO_DEFAULTS
 from ditlab.flops import count
 from ditlab.models.layers import set_attention_backend
+from ditlab.models.registry import create_model, list_models, model_config
 from ditlab.objectives.flow import velocity_of
 from ditlab.objectives.gaussian import DiffusionConfig, GaussianDiffusion
-from ditlab.registry import create_model, list_models, model_config
 from ditlab.sampling import CFGConfig, classifier_free_guidance, ddpm_step
 from ditlab.sampling.ddpm import batch_timesteps
 from ditlab.sampling.generate import image_generators

@@ -22,8 +22,8 @@ import time
 
 import torch
 
+from ditlab.models.registry import create_model
 from ditlab.objectives import DiffusionConfig
-from ditlab.registry import create_model
 from ditlab.sample import SampleConfig, sample_chunk
 from ditlab.vae import AutoencoderKLCodec, IdentityCodec, load_codec
 

@@ -112,7 +112,7 @@ def test_flex_backend_trains_mdtv2_in_bf16():
 
 def test_data_batches_reach_the_gpu_without_a_host_sync():
     from ditlab.train.data_source import build_data_source
-    from ditlab.train.distributed import DistInfo
+    from ditlab.utils.distributed import DistInfo
 
     info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cuda"))
     data = build_data_source(TrainConfig(data="digits", image_size=16), info)

@@ -14,8 +14,8 @@ from ditlab.cli import main as cli_main
 from ditlab.models.ddt import DDT
 from ditlab.models.layers import RMSNorm, apply_rope, rope_2d_freqs
 from ditlab.models.official import _check_ddt_split, load_official_ddt
+from ditlab.models.registry import DERIVED_PRESETS, list_models
 from ditlab.models.repa import build_projector
-from ditlab.registry import DERIVED_PRESETS, list_models
 from helpers import golden, golden_state_dict
 
 TOL = dict(atol=1e-5, rtol=1e-5)

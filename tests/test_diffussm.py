@@ -12,9 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import ditlab
 from ditlab.flops import count
 from ditlab.models.diffussm import DiffuSSMBlock, DiffuSSMConfig
+from ditlab.models.registry import model_config
 from ditlab.objectives import DiffusionConfig, GaussianDiffusion
 from ditlab.objectives.flow import FlowConfig, FlowMatching
-from ditlab.registry import model_config
 from ditlab.sampling.generate import generate_flow_latents, generate_latents
 from ditlab.sampling.ode import FlowSamplerConfig
 from ditlab.train import TrainConfig, train
@@ -129,7 +129,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
 def test_save_and_reload_round_trip():
     model = tiny().eval()
     randomize(model)
-    again = ditlab.registry.model_from_config("DiffuSSM", dataclasses.asdict(model.config)).eval()
+    again = ditlab.models.registry.model_from_config("DiffuSSM", dataclasses.asdict(model.config)).eval()
     again.load_state_dict(model.state_dict(), strict=True)
     x, t, y = inputs()
     with torch.no_grad():

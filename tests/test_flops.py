@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ditlab.flops import LedgerRow, count, count_forward_macs, format_ledger, ledger, run_flops_command
-from ditlab.registry import FAMILIES, Family
+from ditlab.models.registry import FAMILIES, Family
 
 # Paper Table 4 (256 px): Gflops (MACs) and params in millions as printed.
 TABLE_4 = {

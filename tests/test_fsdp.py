@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ditlab.registry import create_model
+from ditlab.models.registry import create_model
 from ditlab.train import TrainConfig, train
 from ditlab.train import checkpoint as ckpt
 from ditlab.train.fsdp import is_fsdp_ready
@@ -191,9 +191,9 @@ POLICY_PROBE = '''
 import json, sys
 import torch
 from torch import nn
-from ditlab.registry import create_model
+from ditlab.models.registry import create_model
 from ditlab.train import fsdp
-from ditlab.train.distributed import init_distributed
+from ditlab.utils.distributed import init_distributed
 from ditlab.train.ema import EMA
 
 info = init_distributed("cpu")

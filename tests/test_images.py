@@ -83,7 +83,7 @@ def test_images_data_source_flips_reproducibly_per_step(tmp_path):
     from types import SimpleNamespace
 
     from ditlab.train.data_source import build_data_source
-    from ditlab.train.distributed import DistInfo
+    from ditlab.utils.distributed import DistInfo
 
     info = DistInfo(0, 0, 1, torch.device("cpu"))
     source = build_data_source(SimpleNamespace(data=f"images:{make_folder(tmp_path / 'd')}", seed=0, image_size=8),

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from ditlab.data.images import BadImageError, ImageFolder, to_model_tensor
 from ditlab.data.latents import ExtractConfig, LatentShards, extract_latents, run_extract, shard_path
 from ditlab.train.data_source import build_data_source
-from ditlab.train.distributed import DistInfo
+from ditlab.utils.distributed import DistInfo
 from ditlab.vae import load_codec
 
 diffusers = pytest.importorskip("diffusers")

@@ -12,7 +12,7 @@ from ditlab.flops import count
 from ditlab.models.layers import RelativePositionBias, sincos_2d
 from ditlab.models.mdt import MDTBlock, random_masking
 from ditlab.models.official import load_official_mdt
-from ditlab.registry import list_models
+from ditlab.models.registry import list_models
 from ditlab.sampling.guidance import CFGConfig, classifier_free_guidance, power_cosine_scale
 from helpers import golden, golden_state_dict
 
@@ -208,10 +208,10 @@ def test_presets_and_family_defaults():
         f"MDTv2-{s}/2" for s in ("XL", "L", "B", "S")
     ]
     assert ditlab.create_model("MDTv2", **{**TINY, "decode_layer": 2}).config.decode_layer == 2
-    _, v1 = ditlab.registry.model_config("MDT-XL/2")
-    _, v2 = ditlab.registry.model_config("MDTv2-XL/2")
+    _, v1 = ditlab.models.registry.model_config("MDT-XL/2")
+    _, v2 = ditlab.models.registry.model_config("MDTv2-XL/2")
     assert (v1.decode_layer, v2.decode_layer, v2.half_depth, v1.mask_ratio) == (2, 4, 12, 0.3)
-    assert ditlab.registry.family_of(ditlab.create_model("MDTv2", **TINY)) == "MDTv2"
+    assert ditlab.models.registry.family_of(ditlab.create_model("MDTv2", **TINY)) == "MDTv2"
 
 
 # Parameter counts of ../shared/papers/mdt.md (hand-computed there, M, one decimal), decode_layer as noted.

@@ -20,7 +20,7 @@ from ditlab.models.official import (
     load_official_state_dict,
     matching_presets,
 )
-from ditlab.registry import FAMILIES
+from ditlab.models.registry import FAMILIES
 
 GOLDEN = Path(__file__).parent / "golden"
 TINY = dict(depth=2, hidden_size=64, num_heads=4, input_size=8, num_classes=10)

@@ -13,8 +13,8 @@ import torch
 
 import ditlab.sample as sample_mod
 from ditlab.imageio import to_uint8
+from ditlab.models.registry import create_model
 from ditlab.objectives import DiffusionConfig
-from ditlab.registry import create_model
 from ditlab.sample import SampleConfig, labels_for, load_sampling_model, run_sample
 from ditlab.sampling.generate import generate_latents
 from ditlab.train.checkpoint import save_weights

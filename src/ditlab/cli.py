@@ -68,7 +68,7 @@ def _train_config(args: argparse.Namespace):
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
-    from .train.distributed import shutdown
+    from .utils.distributed import shutdown
 
     config = _train_config(args)
     try:
@@ -90,7 +90,7 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
 def _cmd_extract_latents(args: argparse.Namespace) -> int:
     from .data.latents import ExtractConfig, run_extract
-    from .train.distributed import shutdown
+    from .utils.distributed import shutdown
 
     config = ExtractConfig(**dataclass_overrides(args, ExtractConfig))
     if not config.data:
@@ -105,7 +105,7 @@ def _cmd_extract_latents(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     from .sample import SampleConfig, run_sample
-    from .train.distributed import shutdown
+    from .utils.distributed import shutdown
 
     config = SampleConfig(**dataclass_overrides(args, SampleConfig))
     try:

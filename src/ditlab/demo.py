@@ -19,8 +19,8 @@ import torch
 
 from .eval.digits_classifier import fit_digits_classifier
 from .imageio import save_grid
+from .models.registry import create_model, model_config
 from .objectives import DiffusionConfig
-from .registry import create_model, model_config
 from .sampling.generate import generate
 from .train import TrainConfig, train
 from .train.checkpoint import load_weights

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import list_models, model_config
+from .models.registry import list_models, model_config
 
 DEFAULT_IMAGE_SIZES: tuple[int, ...] = (256, 512)
 FLOPS_PER_MAC = 2  # FlopCounterMode counts a multiply and an add

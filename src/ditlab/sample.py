@@ -26,7 +26,7 @@ from .models.layers import ATTENTION_BACKENDS, set_attention_backend
 from .objectives import DiffusionConfig
 from .objectives.flow import FlowConfig
 from .sampling.generate import generate_latents
-from .train.checkpoint import atomic_write, check_or_write_identity
+from .utils.files import atomic_write, check_or_write_identity
 
 LABEL_MODES = ("balanced", "random")
 PRECISIONS = ("fp32", "bf16")
@@ -88,7 +88,7 @@ class SampleConfig:
 def load_sampling_model(path: str | Path, model: str | None = None) -> tuple[nn.Module, DiffusionConfig | FlowConfig]:
     """A backbone in eval mode and its objective config (diffusion, or flow for flow-matching runs), from our
     checkpoint or an official DiT ``.pt``."""
-    from .registry import model_from_config
+    from .models.registry import model_from_config
     from .train.checkpoint import load_weights
 
     path = Path(path)
@@ -217,7 +217,7 @@ def _save_pngs_and_grid(config: SampleConfig, images: np.ndarray) -> None:
 
 def run_sample(config: SampleConfig) -> Path:
     """Generate (or finish generating) ``config.num_images`` images; returns the npz path (all ranks)."""
-    from .train.distributed import barrier, init_distributed
+    from .utils.distributed import barrier, init_distributed
     from .vae import load_codec
 
     if not config.checkpoint:

@@ -29,6 +29,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..utils.distributed import barrier, init_distributed
+from ..utils.files import atomic_write, check_or_write_identity
 from .images import BadImageError, ImageFolder, to_model_tensor
 
 INDEX_FILE = "index.json"
@@ -65,13 +67,6 @@ class ExtractConfig:
         """What must be equal for a rerun to continue a previous extraction."""
         keys = ("data", "vae", "image_size", "shard_size", "dtype", "skip_bad")
         return {**{k: getattr(self, k) for k in keys}, "num_files": num_files, "format": FORMAT}
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """:func:`ditlab.train.checkpoint.atomic_write` (imported late: ``ditlab.train`` imports this module)."""
-    from ..train.checkpoint import atomic_write as write_atomically
-
-    write_atomically(path, write)
 
 
 def shard_path(out: Path, k: int) -> Path:
@@ -166,8 +161,6 @@ def extract_latents(config: ExtractConfig, codec: Any = None, rank: int = 0, wor
     out = Path(config.out)
     dataset = ImageFolder(config.data, config.image_size, config.num_classes)
     out.mkdir(parents=True, exist_ok=True)
-    from ..train.checkpoint import check_or_write_identity  # late: ditlab.train imports this module
-
     check_or_write_identity(out / CONFIG_FILE, config.identity(len(dataset)), rank == 0, "a different extraction")
     if codec is None:
         codec = load_codec(config.vae, 3, config.device or "cpu", config.allow_download)
@@ -189,7 +182,6 @@ def extract_latents(config: ExtractConfig, codec: Any = None, rank: int = 0, wor
 
 def run_extract(config: ExtractConfig, codec: Any = None, on_shard: Callable[[int], None] | None = None) -> Path:
     """``ditlab extract-latents``: one process or torchrun; rank 0 writes ``index.json`` at the end."""
-    from ..train.distributed import barrier, init_distributed
     from ..vae import load_codec
 
     info = init_distributed(config.device)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..utils.files import atomic_write
 from .metrics import FeatureMoments, feature_statistics, frechet_distance, inception_score, precision_recall
 
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")  # ADM's precomputed reference statistics
@@ -27,8 +28,6 @@ CACHE_VERSION = 1
 
 def write_npz(path: str | Path, images: np.ndarray, labels: np.ndarray | None = None) -> Path:
     """Write an ADM sample batch atomically: ``arr_0`` uint8 (N, H, W, 3) and, if given, ``arr_1`` labels."""
-    from ..train.checkpoint import atomic_write
-
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"ADM npz images must be uint8 (N, H, W, 3), got {images.dtype} {images.shape}")
@@ -146,8 +145,6 @@ def reference_activations(ref: str | Path, inception: torch.nn.Module, weights: 
 
 
 def write_stats(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from ..train.checkpoint import atomic_write
-
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(tmp: Path) -> None:

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..registry import FAMILIES, create_model
 from .dit import DiT, DiTConfig
+from .registry import FAMILIES, create_model
 
 # ----------------------------------------------------------------------------
 # Reading a file into a flat state dict.

@@ -11,8 +11,8 @@ from torch import Tensor
 from ..data.digits import DigitsDataset
 from ..data.images import ImageFolder
 from ..data.latents import LatentShards, draw_seed
+from ..utils.distributed import DistInfo
 from ..vae import IdentityCodec, load_codec
-from .distributed import DistInfo
 
 DATA_KINDS = ("digits", "latents:DIR", "images:DIR")
 

@@ -34,8 +34,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..utils.distributed import DistInfo, barrier
 from . import checkpoint as ckpt
-from .distributed import DistInfo, barrier
 
 
 def _fsdp_api() -> tuple[Callable[..., Any], Callable[..., Any]]:

@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 
 from ..data import StepBatchSampler
 from ..models.layers import set_attention_backend
+from ..models.registry import create_model, family_of
 from ..optim import Adan
-from ..registry import create_model, family_of
+from ..utils.distributed import DistInfo, barrier, init_distributed
 from . import checkpoint as ckpt
 from . import fsdp
 from .config import TrainConfig
 from .data_source import DataSource, build_data_source
-from .distributed import DistInfo, barrier, init_distributed
 from .ema import EMA
 from .logger import MetricsLogger
 from .objective import build_objective, required_out_channels, sampling_config, trainable_parameters

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..models.checks import inputs_checked_once
-from .distributed import all_reduce_mean
+from ..utils.distributed import all_reduce_mean
 from .ema import EMA
 
 __all__ = ["NonFiniteLoss", "StepParts", "StepStats", "inputs_checked_once", "optimisation_step", "read_window"]

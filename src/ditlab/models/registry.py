@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from .models.ddt import DDT, DDTConfig
-from .models.diffussm import DiffuSSM, DiffuSSMConfig
-from .models.dit import DiT, DiTConfig
-from .models.mdt import MDT, MDTConfig, MDTv2, MDTv2Config
+from .ddt import DDT, DDTConfig
+from .diffussm import DiffuSSM, DiffuSSMConfig
+from .dit import DiT, DiTConfig
+from .mdt import MDT, MDTConfig, MDTv2, MDTv2Config
 
 
 @dataclass(frozen=True)

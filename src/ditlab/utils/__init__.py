@@ -1,0 +1,1 @@
+"""Plumbing below every layer: atomic file writes, run identity files, process-group helpers."""
