@@ -1,4 +1,4 @@
-"""The ``ditlab`` command: ``demo``, ``train``, ``extract-latents``, ``sample``, ``evaluate``, ``flops``.
+"""The ``ditlab`` command: ``demo``, ``train``, ``extract-latents``, ``sample``, ``evaluate``, ``flops``, ``study``.
 
 Every failure caused by user input ends in one line, ``ditlab: error: ...``, naming the bad value and what
 is allowed; a traceback means a bug in ditlab.
@@ -126,6 +126,45 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .study import RECIPES, StudyConfig, resolve_config, run_study
+    from .study_report import write_report
+
+    if args.list_recipes:
+        for name, spec in RECIPES.items():
+            print(f"{name}: {spec.model} under {spec.objective}; {spec.source}")
+        return 0
+    if args.report_only:
+        print(f"report: {write_report(args.report_only)}")
+        return 0
+    overrides = dataclass_overrides(args, StudyConfig)
+    if args.add_entry:
+        overrides["add_entries"] = args.add_entry
+    if args.share_ratios:
+        overrides["share_ratios"] = args.share_ratios
+    report = run_study(resolve_config(overrides))
+    print(f"report: {report}")
+    return 0
+
+
+def _add_study_parser(sub) -> None:
+    from .cli_args import _parse_json_object
+    from .study import StudyConfig
+
+    st = sub.add_parser("study", help="train several backbones at equal training FLOPs; FID at budgets; report",
+                        description=__import__("ditlab.study", fromlist=["x"]).__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    st.add_argument("--report-only", metavar="DIR", default=None, help="rewrite DIR's report from its study.json")
+    st.add_argument("--list-recipes", action="store_true", help="print the entry recipes and exit")
+    st.add_argument("--add-entry", metavar="JSON", type=_parse_json_object, action="append", default=None,
+                    help="an extra entry as an EntrySpec JSON object, e.g. '{\"name\": \"DiT-L\", \"model\": "
+                         "\"DiT\", \"objective\": \"diffusion\"}' (repeatable)")
+    st.add_argument("--share-ratios", metavar="R", type=int, nargs="+", default=None,
+                    help="DDT encoder-sharing ratios R (uniform R and DP K = ceil(N / R))")
+    add_dataclass_flags(st, StudyConfig, skip=("add_entries", "share_ratios"))
+    st.set_defaults(func=_cmd_study)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoConfig
     from .train import TrainConfig
@@ -181,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--block", default=None, help="DiT conditioning block (adaLN-Zero, adaLN, cross-attention, "
                                                   "in-context)")
     fl.set_defaults(func=_cmd_flops)
+    _add_study_parser(sub)
     return parser
 
 

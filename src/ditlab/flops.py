@@ -145,13 +145,9 @@ def _tokens(config: Any) -> int | None:
     return None
 
 
-def count(model_name: str, image_size: int = 256, latent_downsample: int = 8, **overrides: Any) -> LedgerRow:
-    """Params and Gflops (MACs) of one forward pass for one image of ``model_name`` at ``image_size`` pixels.
-
-    The latent side is ``image_size // latent_downsample`` (8 for the SD VAE) unless ``input_size`` is given
-    in ``overrides``; other overrides use the config's field names (e.g. ``block="adaLN"`` for DiT).
-    Nothing is allocated: the model lives on the meta device.
-    """
+def _meta_model(model_name: str, image_size: int, latent_downsample: int, overrides: dict[str, Any],
+                ) -> tuple[nn.Module, Any, tuple[Any, ...], dict[str, Any]]:
+    """(model on the meta device ready for counting, its config, forward args, forward kwargs)."""
     if image_size < 1 or latent_downsample < 1 or image_size % latent_downsample:
         raise ValueError(
             f"image_size={image_size} must be a positive multiple of latent_downsample={latent_downsample}"
@@ -164,6 +160,17 @@ def count(model_name: str, image_size: int = 256, latent_downsample: int = 8, **
         model = family.model_cls(config)
         _prepare_for_counting(model)
         args, kwargs = _forward_inputs(model, config, batch=1)
+    return model, config, args, kwargs
+
+
+def count(model_name: str, image_size: int = 256, latent_downsample: int = 8, **overrides: Any) -> LedgerRow:
+    """Params and Gflops (MACs) of one forward pass for one image of ``model_name`` at ``image_size`` pixels.
+
+    The latent side is ``image_size // latent_downsample`` (8 for the SD VAE) unless ``input_size`` is given
+    in ``overrides``; other overrides use the config's field names (e.g. ``block="adaLN"`` for DiT).
+    Nothing is allocated: the model lives on the meta device.
+    """
+    model, config, args, kwargs = _meta_model(model_name, image_size, latent_downsample, overrides)
     macs = count_forward_macs(model, args, kwargs)
     params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -178,6 +185,42 @@ def count(model_name: str, image_size: int = 256, latent_downsample: int = 8, **
         gmacs=macs / 1e9,
         overrides=shown,
     )
+
+
+def count_masked_forward(model_name: str, image_size: int = 256, latent_downsample: int = 8, points: int = 16,
+                         **overrides: Any) -> float:
+    """GMACs of MDT's masked training forward (``enable_mask=True``) for one image, averaged over the mask ratio.
+
+    MDTv2 draws r = mask_ratio + 0.2 U(0, 1) per call (v1: r fixed); the encoder then runs on int(L (1 - r))
+    tokens and the side-interpolater on all of them. The mean over r uses the midpoint rule with ``points``
+    nodes (exact up to the integer rounding of the kept-token count).
+    """
+    model, config, args, kwargs = _meta_model(model_name, image_size, latent_downsample, overrides)
+    if getattr(config, "mask_ratio", None) is None:
+        raise ValueError(f"{model_name} has no masked pass (mask_ratio is None or not a field of its config)")
+    spread = config.mask_ratio_spread
+    nodes = [config.mask_ratio + spread * (i + 0.5) / points for i in range(points)] if spread else [config.mask_ratio]
+    model.train()  # the masked pass exists only in training; label dropout adds no multiply-accumulate
+    total = 0
+    for ratio in nodes:
+        model.draw_mask_ratio = lambda ratio=ratio: ratio  # one fixed ratio per count (meta tensors hold no value)
+        total += count_forward_macs(model, args, {**kwargs, "enable_mask": True})
+    return total / len(nodes) / 1e9
+
+
+def training_gmacs(model_name: str, objective: str, image_size: int = 256, latent_downsample: int = 8,
+                   mask_points: int = 16, **overrides: Any) -> tuple[float, float]:
+    """(forward GMACs, training GMACs) per image under ``objective``.
+
+    Training is forward + backward ~ 3x forward (``TRAIN_TO_FORWARD``). MDT's objective ("mdt") runs two
+    passes per image, the full one and the masked one (see :func:`count_masked_forward`), each with its
+    backward; "diffusion" and "flow" run one. ``mask_points``: nodes of the mask-ratio mean.
+    """
+    forward = count(model_name, image_size, latent_downsample, **overrides).gmacs
+    if objective == "mdt":
+        masked = count_masked_forward(model_name, image_size, latent_downsample, mask_points, **overrides)
+        return forward, TRAIN_TO_FORWARD * (forward + masked)
+    return forward, TRAIN_TO_FORWARD * forward
 
 
 def ledger(
