@@ -117,12 +117,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .eval.reference import EvaluateConfig, run_evaluate
+    from .eval.evaluate import EvaluateConfig, run_evaluate
 
     result = run_evaluate(EvaluateConfig(**dataclass_overrides(args, EvaluateConfig)))
     for key, label in (("inception_score", "Inception Score"), ("fid", "FID"), ("sfid", "sFID"),
                        ("precision", "Precision"), ("recall", "Recall")):
-        print(f"{label}: {result[key]}")
+        if key in result:
+            print(f"{label}: {result[key]}")
+    print(f"({result['num_samples']} samples, {result['num_reference']} reference images; "
+          f"Inception weights {result['inception']})")
     return 0
 
 
@@ -191,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_cmd_train)
 
     from .data.latents import ExtractConfig
-    from .eval.reference import EvaluateConfig
+    from .eval.evaluate import EvaluateConfig
     from .sample import SampleConfig
 
     ex = sub.add_parser("extract-latents", help="encode an image folder once into VAE latent shards",
@@ -206,8 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(sa, SampleConfig)
     sa.set_defaults(func=_cmd_sample)
 
-    ev = sub.add_parser("evaluate", help="FID, sFID, IS, Precision, Recall of a sample .npz vs a reference .npz",
-                        description=__import__("ditlab.eval.reference", fromlist=["x"]).__doc__,
+    ev = sub.add_parser("evaluate", help="FID, sFID, IS, Precision, Recall of a sample .npz vs a reference "
+                                         "(.npz or dataset)",
+                        description=__import__("ditlab.eval.evaluate", fromlist=["x"]).__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_flags(ev, EvaluateConfig)
     ev.set_defaults(func=_cmd_evaluate)
