@@ -118,6 +118,7 @@ class StudyConfig:
     preset: str = "cpu"  # quick (smoke run), cpu (<= 3 h on 2 cores), gpu (about 1 h of one H100/H200)
     data: str = "fashion-mnist"  # dataset spec (fashion-mnist, fashion-mnist:DIR, mnist:DIR, digits)
     image_size: int = 16  # images are fitted to this side (model input, pixel space)
+    image_fit: str = "resize"  # 28x28 (fashion-)mnist to image_size: "resize" (bilinear) or "pad" (zero border)
     entries: str = ",".join(DEFAULT_ENTRIES)  # comma-separated recipe names (see --list-recipes)
     add_entries: list[dict[str, Any]] = field(default_factory=list)  # extra EntrySpec JSON objects
     depth: int = 6  # blocks of every entry (MDTv2's side block and DDT's split are per recipe)
@@ -192,10 +193,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # <= 3 h on this 2-core machine: 16 px Fashion-MNIST (64 tokens at p=2, 256 for DiffuSSM), 3 budgets.
     "cpu": dict(image_size=16, depth=6, num_heads=4, width=128, steps=3000, global_batch=64, evals=3,
                 lr_scale=3.0, fid_samples=1000, sampler_steps=50, reference_images=5000, share_ratios=[2, 4]),
-    # About 1 h of one H100/H200: 32 px (256 tokens at p=2, 1024 for DiffuSSM as at ImageNet-256 latents).
-    "gpu": dict(image_size=32, depth=12, num_heads=6, width=384, steps=40000, global_batch=256, evals=8,
-                lr_scale=1.0, fid_samples=10000, sampler_steps=100, sample_batch=1000, reference_images=0,
-                share_ratios=[2, 3, 4, 5], ckpt_every=2000, ema_decay=0.9999, precision="bf16", device="cuda"),
+    # About 1 h of one H100/H200 (an estimate: ~36 GFLOP per training image, not yet measured on a GPU): DiT-S/2
+    # shape at 32 px (256 tokens at p=2; DiffuSSM 1024 tokens, as at ImageNet-256 latents), 5000 steps of 256.
+    "gpu": dict(image_size=32, image_fit="pad", depth=12, num_heads=6, width=384, steps=5000, global_batch=256,
+                evals=4, lr_scale=1.0, fid_samples=5000, sampler_steps=50, sample_batch=1000, reference_images=0,
+                share_ratios=[2, 3, 4, 5], ckpt_every=1000, ema_decay=0.9999, precision="bf16", device="cuda"),
 }
 
 
@@ -221,7 +223,8 @@ class DataShape:
 
 def data_shape(cfg: StudyConfig) -> DataShape:
     """Channels, side, classes and length of the study's training data (loads it once)."""
-    probe = TrainConfig(data=cfg.data, image_size=cfg.image_size, device="cpu", progress=False)
+    probe = TrainConfig(data=cfg.data, image_size=cfg.image_size, image_fit=cfg.image_fit, device="cpu",
+                        progress=False)
     data = build_data_source(probe, DistInfo(0, 0, 1, torch.device("cpu")))
     return DataShape(data.channels, data.input_size, data.num_classes, data.size)
 
@@ -333,9 +336,10 @@ def entry_train_config(cfg: StudyConfig, plan: dict[str, Any], run_dir: Path, st
     spec = EntrySpec(**plan["spec"])
     return TrainConfig(
         run_dir=str(run_dir), model=spec.model, model_args=dict(plan["model_args"]), data=cfg.data,
-        image_size=cfg.image_size, objective=spec.objective, diffusion=DiffusionConfig(**spec.diffusion),
-        flow=FlowConfig(**spec.flow), steps=steps, global_batch=cfg.global_batch, lr=spec.lr * cfg.lr_scale,
-        betas=spec.betas, optimizer=spec.optimizer, warmup_steps=cfg.warmup_steps,
+        image_size=cfg.image_size, image_fit=cfg.image_fit, objective=spec.objective,
+        diffusion=DiffusionConfig(**spec.diffusion), flow=FlowConfig(**spec.flow), steps=steps,
+        global_batch=cfg.global_batch, lr=spec.lr * cfg.lr_scale, betas=spec.betas, optimizer=spec.optimizer,
+        warmup_steps=cfg.warmup_steps,
         max_grad_norm=spec.max_grad_norm, ema_decay=cfg.ema_decay, seed=cfg.seed, precision=cfg.precision,
         device=cfg.device, log_every=max(1, min(50, cfg.steps // 20)), ckpt_every=cfg.ckpt_every,
         keep_checkpoints=1, sample_every=-1, progress=cfg.progress,
@@ -397,7 +401,8 @@ def _entry_result(state: dict[str, Any], name: str) -> dict[str, Any]:
 
 def reference_images(cfg: StudyConfig) -> np.ndarray:
     """uint8 (N, S, S, 3) real training images fitted as the model sees them (a seeded subset if asked)."""
-    probe = TrainConfig(data=cfg.data, image_size=cfg.image_size, device="cpu", progress=False)
+    probe = TrainConfig(data=cfg.data, image_size=cfg.image_size, image_fit=cfg.image_fit, device="cpu",
+                        progress=False)
     data = build_data_source(probe, DistInfo(0, 0, 1, torch.device("cpu")))
     count = data.size if cfg.reference_images == 0 else min(cfg.reference_images, data.size)
     order = torch.randperm(data.size, generator=torch.Generator().manual_seed(cfg.seed))[:count].sort().values
@@ -422,7 +427,7 @@ def score(images: np.ndarray, reference: Path, cfg: StudyConfig) -> dict[str, fl
     """FID, sFID, Precision and Recall of uint8 NHWC images with the FID Inception (``ditlab.eval.score``)."""
     from .eval.score import score_images
 
-    return score_images(images, reference, metrics=METRICS, device=_device(cfg))
+    return score_images(images, reference, metrics=METRICS, device=_device(cfg), progress=cfg.progress)
 
 
 def _device(cfg: StudyConfig) -> str:
@@ -444,29 +449,38 @@ def load_entry_model(run_dir: Path, step: int, device: str) -> torch.nn.Module:
 def sample_images(model: torch.nn.Module, tc: TrainConfig, cfg: StudyConfig, share: Any = None,
                   desc: str = "sample") -> tuple[torch.Tensor, float]:
     """``fid_samples`` images in [-1, 1] (image i: label i mod classes, seed i) and the seconds they took."""
-    from .sampling.generate import flow_sampler_from_steps, generate_flow_latents, generate_latents
     from .train.objective import sampling_config
 
     process = sampling_config(tc)
     labels = torch.arange(cfg.fid_samples) % model.config.num_classes
+    _sample_batch(model, tc, cfg, process, labels[:2], [0, 1], share)  # warm-up (lazy inits), not timed
     out, seconds = [], 0.0
     for start in tqdm(range(0, cfg.fid_samples, cfg.sample_batch), desc=desc, unit="batch", leave=False,
                       disable=not cfg.progress, dynamic_ncols=True):
         batch = labels[start:start + cfg.sample_batch]
         seeds = list(range(start, start + len(batch)))
         tic = time.perf_counter()
-        if tc.objective == "flow":
-            sampler = flow_sampler_from_steps(f"euler{cfg.sampler_steps}")
-            x, _ = generate_flow_latents(model, process, batch, sampler=sampler, cfg_scale=cfg.cfg_scale,
-                                         seeds=seeds, share=share)
-        else:
-            x = generate_latents(model, process, batch, sampler_steps=str(cfg.sampler_steps),
-                                 cfg_scale=cfg.cfg_scale, seeds=seeds)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
+        x = _sample_batch(model, tc, cfg, process, batch, seeds, share)
         seconds += time.perf_counter() - tic
         out.append(x.float().cpu().clamp(-1, 1))
     return torch.cat(out), seconds
+
+
+def _sample_batch(model: torch.nn.Module, tc: TrainConfig, cfg: StudyConfig, process: Any, labels: torch.Tensor,
+                  seeds: list[int], share: Any) -> torch.Tensor:
+    """One batch with the entry's sampler: Euler ODE (flow) or DDPM respaced to ``sampler_steps``."""
+    from .sampling.generate import flow_sampler_from_steps, generate_flow_latents, generate_latents
+
+    if tc.objective == "flow":
+        sampler = flow_sampler_from_steps(f"euler{cfg.sampler_steps}")
+        x, _ = generate_flow_latents(model, process, labels, sampler=sampler, cfg_scale=cfg.cfg_scale, seeds=seeds,
+                                     share=share)
+    else:
+        x = generate_latents(model, process, labels, sampler_steps=str(cfg.sampler_steps), cfg_scale=cfg.cfg_scale,
+                             seeds=seeds)
+    if x.device.type == "cuda":
+        torch.cuda.synchronize()
+    return x
 
 
 def _uint8_rgb(images: torch.Tensor) -> np.ndarray:
@@ -605,6 +619,10 @@ def run_sharing(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, r
     run_dir = _run_dir(out, name)
     for spec in sharing_specs(cfg):
         if spec in result["sharing"]:
+            continue
+        if spec == "none" and str(step) in result["evals"]:  # the final evaluation is the unshared point
+            result["sharing"][spec] = {**result["evals"][str(step)], "sharing": spec, "calibration_seconds": 0.0,
+                                       "encoder_calls": cfg.sampler_steps}
             continue
         share: Any = None if spec == "none" else spec
         calibration = 0.0
