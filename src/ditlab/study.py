@@ -494,7 +494,7 @@ def save_family_grid(images: torch.Tensor, num_classes: int, path: Path) -> str:
     """A grid with one row per class (up to 10 x 10) from the evaluation samples."""
     from .imageio import save_grid
 
-    classes = min(num_classes, 10)
+    classes = min(num_classes, 10, len(images))  # image i has label i mod num_classes
     per_class = [images[c::num_classes][:10] for c in range(classes)]
     cols = min(len(p) for p in per_class)
     grid = torch.cat([p[:cols] for p in per_class])

@@ -1,0 +1,172 @@
+"""`ditlab study`: equal-FLOPs planning, the resumable study loop, failure isolation, the report, CLI errors.
+
+The study runs the quick preset made smaller still (digits at 8 px, two entries, a few steps) and scores with
+the stand-in Inception of the plumbing tests, so the whole file takes seconds; the FID network itself is tested
+in test_fid_weights.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ditlab import cli, study
+from ditlab.eval import score as score_module
+from ditlab.flops import count, count_masked_forward, training_gmacs
+from ditlab.train import checkpoint as ckpt
+from helpers import StandInInception
+
+TINY = dict(preset="quick", data="digits", image_size=8, entries="DiT,DDT", steps=4, global_batch=4, evals=2,
+            fid_samples=8, sample_batch=8, sampler_steps=2, reference_images=16, share_ratios=[2], ckpt_every=1,
+            progress=False, device="cpu")
+
+
+@pytest.fixture
+def stand_in(monkeypatch, tmp_path):
+    """The stand-in Inception behind ditlab.eval.score (fast features, real FID/P/R code)."""
+    (tmp_path / "stand-in.pt").write_bytes(b"stand-in weights")  # names the reference cache
+    net = StandInInception(tmp_path / "stand-in.pt")
+    monkeypatch.setattr(score_module, "cached_inception", lambda *args, **kwargs: net)
+    return net
+
+
+def tiny(tmp_path, **changes) -> study.StudyConfig:
+    return study.resolve_config({**TINY, "out": str(tmp_path / "study"), **changes})
+
+
+def test_training_gmacs_counts_both_mdt_passes():
+    args = dict(image_size=16, latent_downsample=1, in_channels=1, num_classes=10, depth=4, hidden_size=32,
+                num_heads=2, patch_size=2)
+    forward, train_cost = training_gmacs("DiT", "diffusion", **args)
+    assert train_cost == pytest.approx(3 * forward) and forward == pytest.approx(count("DiT", **args).gmacs)
+    args["depth"] = 8  # 6 encoder blocks see 50-70% of the tokens; 2 decoder blocks and the side block see all
+    full, mdt_train = training_gmacs("MDTv2", "mdt", decode_layer=2, mask_points=4, **args)
+    masked = count_masked_forward("MDTv2", decode_layer=2, points=4, **args)
+    assert 0.6 * full < masked < 0.9 * full
+    assert mdt_train == pytest.approx(3 * (full + masked))
+    v1_masked = count_masked_forward("MDT", decode_layer=2, mask_ratio=0.3, **args)
+    v1_unmasked_more = count_masked_forward("MDT", decode_layer=2, mask_ratio=0.1, **args)
+    assert v1_masked < v1_unmasked_more  # fewer kept tokens, fewer MACs
+
+
+def test_plan_matches_training_flops_within_tolerance():
+    cfg = study.resolve_config({**TINY, "entries": "DiT,MDTv2,DDT,DiffuSSM"})
+    plans = study.plan_entries(cfg, study.DataShape(1, 8, 10, 1797))
+    assert list(plans) == ["DiT", "MDTv2", "DDT", "DiffuSSM"]  # DiT sets the target; the others are searched
+    for plan in plans.values():
+        assert abs(plan["ratio_to_reference"] - 1) <= cfg.tolerance
+        assert plan["model_args"]["input_size"] == 8 and plan["params"] > 0
+    assert plans["MDTv2"]["model_args"]["hidden_size"] < plans["DiT"]["model_args"]["hidden_size"]  # two passes
+    ddt = plans["DDT"]["model_args"]
+    assert (ddt["hidden_size"] // ddt["num_groups"]) % 4 == 0 and ddt["num_encoder_blocks"] == 3
+
+
+def test_study_runs_resumes_without_redoing_and_regenerates_report(tmp_path, stand_in, monkeypatch):
+    cfg = tiny(tmp_path)
+    report = study.run_study(cfg)
+    state = study.load_state(cfg.out)
+    for name in ("DiT", "DDT"):
+        result = state["results"][name]
+        assert result["status"] == "done" and sorted(map(int, result["evals"])) == [2, 4]
+        assert all(0 <= e["precision"] <= 1 and e["fid"] >= 0 and e["samples"] == 8 for e in result["evals"].values())
+        assert result["steps_done"] == 4 and len(result["loss_curve"]) >= 2
+    assert set(state["results"]["DDT"]["sharing"]) == {"none", "uniform:2", "dp:1"}
+    assert state["results"]["DDT"]["sharing"]["uniform:2"]["encoder_calls"] == 1
+    assert "sharing" not in state["results"]["DiT"] or not state["results"]["DiT"]["sharing"]
+    text = report.read_text()
+    assert "| DiT |" in text and "| DDT |" in text and "FID @2" in text and "uniform:2" in text
+    for name in ("fid_vs_pflop.svg", "fid_vs_wallclock.svg", "loss.svg", "sharing.svg", "grids/DiT.png"):
+        assert (report.parent / name).is_file(), name
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished study redid work")
+
+    monkeypatch.setattr(study, "train", must_not_run)
+    monkeypatch.setattr(study, "evaluate_at", must_not_run)
+    study.run_study(cfg)  # everything is in study.json: nothing is trained or sampled again
+    assert study.load_state(cfg.out)["results"] == state["results"]
+    report.unlink()
+    assert cli.main(["study", "--report-only", cfg.out]) == 0
+    assert report.read_text() == text
+
+
+def test_interrupted_study_continues_to_the_same_numbers(tmp_path, stand_in, monkeypatch):
+    reference = study.run_study(tiny(tmp_path / "a"))
+    evaluate = study.evaluate_at
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):  # killed during the second evaluation (DDT at step 2)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(study, "evaluate_at", interrupted)
+    cfg = tiny(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(cfg)
+    assert list(study.load_state(cfg.out)["results"]["DDT"]["evals"]) == []
+    monkeypatch.setattr(study, "evaluate_at", evaluate)
+    study.run_study(cfg)  # the same command again
+    a, b = study.load_state(reference.parent), study.load_state(cfg.out)
+    for name in ("DiT", "DDT"):
+        for step in ("2", "4"):
+            assert b["results"][name]["evals"][step]["fid"] == a["results"][name]["evals"][step]["fid"]
+        wa, _ = ckpt.load_weights(ckpt.checkpoint_paths(reference.parent / "runs" / name / "checkpoints", 4)[0])
+        wb, _ = ckpt.load_weights(ckpt.checkpoint_paths(tmp_path / "b" / "study" / "runs" / name / "checkpoints",
+                                                        4)[0])
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_failing_entry_is_reported_and_retried(tmp_path, stand_in, monkeypatch):
+    cfg = tiny(tmp_path, share_ratios=[])
+    evaluate = study.evaluate_at
+
+    def ddt_breaks(cfg_, plan, run_dir, *args, **kwargs):
+        if run_dir.name == "DDT":
+            raise RuntimeError("sampler exploded\nsecond line")
+        return evaluate(cfg_, plan, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(study, "evaluate_at", ddt_breaks)
+    report = study.run_study(cfg)
+    state = study.load_state(cfg.out)
+    assert state["results"]["DiT"]["status"] == "done" and len(state["results"]["DiT"]["evals"]) == 2
+    assert state["results"]["DDT"]["status"] == "failed"
+    assert state["results"]["DDT"]["error"] == "step 2: RuntimeError: sampler exploded"
+    assert "DDT: step 2: RuntimeError: sampler exploded" in report.read_text()
+    monkeypatch.setattr(study, "evaluate_at", evaluate)
+    study.run_study(cfg)
+    state = study.load_state(cfg.out)
+    assert state["results"]["DDT"]["status"] == "done" and len(state["results"]["DDT"]["evals"]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--entries", "DiT,NoSuch"], "unknown study entry NoSuch; allowed: DiT, MDTv2"),
+    (["--preset", "huge"], "unknown study preset 'huge'; allowed: quick, cpu, gpu"),
+    (["--evals", "9", "--steps", "4"], "evals=9 exceeds steps=4"),
+    (["--data", "nosuch"], "data='nosuch' is not a known dataset"),
+    (["--add-entry", '{"name": "X", "model": "DiT", "objective": "sde"}'], "objective='sde' is not one of"),
+    (["--add-entry", '{"name": "X", "model": "DiT", "colour": 1}'], "unexpected keyword argument 'colour'"),
+])
+def test_cli_one_line_errors(tmp_path, capsys, argv, message):
+    base = ["study", "--preset", "quick", "--out", str(tmp_path / "s"), "--progress", "false"]
+    assert cli.main(base + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ditlab: error:") and message in err and "\n" not in err
+
+
+def test_resume_with_other_settings_and_missing_report_folder(tmp_path, capsys):
+    out = tmp_path / "s"
+    out.mkdir()
+    state = {"version": study.STATE_VERSION, "config": {**json.loads(json.dumps(
+        {k: v for k, v in vars(tiny(tmp_path)).items() if k not in ("out", "progress", "device")})), "steps": 99},
+        "plan": {}, "results": {}, "timing": {}}
+    (out / study.STATE_FILE).write_text(json.dumps(state))
+    argv = ["study", "--out", str(out)] + [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()
+                                           if k not in ("share_ratios", "progress", "device")]
+    assert cli.main(argv + ["--progress", "false"]) == 2
+    assert "holds a study with other settings (steps=99)" in capsys.readouterr().err
+    assert cli.main(["study", "--report-only", str(tmp_path / "none")]) == 2
+    assert "study.json does not exist" in capsys.readouterr().err
