@@ -370,6 +370,10 @@ def load_state(out: Path) -> dict[str, Any]:
     return state
 
 
+# What a fresh checkout can rebuild: committing the rest of the folder (study.json, each run's config.json,
+# metrics.jsonl and newest checkpoint pair, the reference .npz, grids, report) lets another machine resume it.
+GITIGNORE = "runs/*/tb/\nreference/*.ditlab-ref-*.npz\n.*.tmp-*\n"
+
 _RUNTIME_FIELDS = ("out", "progress", "device")  # may differ between the first run and a resumed one
 
 
@@ -389,6 +393,7 @@ def open_state(cfg: StudyConfig) -> dict[str, Any]:
     state = {"version": STATE_VERSION, "config": settings, "data": dataclasses.asdict(shape),
              "plan": plan_entries(cfg, shape), "results": {}, "timing": {}}
     out.mkdir(parents=True, exist_ok=True)
+    (out / ".gitignore").write_text(GITIGNORE)
     save_state(out, state)
     return state
 
