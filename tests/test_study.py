@@ -170,3 +170,22 @@ def test_resume_with_other_settings_and_missing_report_folder(tmp_path, capsys):
     assert "holds a study with other settings (steps=99)" in capsys.readouterr().err
     assert cli.main(["study", "--report-only", str(tmp_path / "none")]) == 2
     assert "study.json does not exist" in capsys.readouterr().err
+
+
+def test_report_states_claims_from_the_numbers_only():
+    from ditlab.study_report import claims_lines, line_plot
+
+    def ev(step, fid, speed=10.0):
+        return {"step": step, "fid": fid, "sample_img_per_s": speed}
+
+    state = {"plan": {"DiT": {}, "MDTv2": {}, "DDT": {}}, "results": {
+        "DiT": {"evals": {"5": ev(5, 50.0), "10": ev(10, 40.0)}},
+        "MDTv2": {"evals": {"5": ev(5, 45.0), "10": ev(10, 41.0)}},
+        "DDT": {"evals": {"5": ev(5, 30.0), "10": ev(10, 20.0)},
+                "sharing": {"none": ev(10, 20.0, 10.0), "uniform:2": ev(10, 21.5, 19.0)}}}}
+    text = "\n".join(claims_lines(state))
+    assert "MDTv2's FID is below DiT's at 1 of 2 budgets" in text and "mixed at this scale" in text
+    assert "DDT's FID is below DiT's at 2 of 2 budgets" in text
+    assert "uniform:2: 1.90x img/s, FID +1.50" in text and "DiffuSSM" not in text
+    svg = line_plot({"a": [(0.0, 1.0), (2.0, 3.0)]}, "t", "x", "y")
+    assert svg.startswith("<svg") and svg.count("<circle") == 2 and line_plot({}, "t", "x", "y") == ""
