@@ -675,7 +675,7 @@ def run_study(cfg: StudyConfig) -> Path:
             result["status"] = "retrying"
     tic = time.perf_counter()
     reference = prepare_reference(cfg, out)
-    _add_time(state, "reference_seconds", time.perf_counter() - tic)
+    _add_time(state, "reference_images_seconds", time.perf_counter() - tic)
     failed: set[str] = set()
     units = _units(cfg, state)
     bar = tqdm(units, desc="study", unit="unit", disable=not cfg.progress, dynamic_ncols=True)

@@ -225,6 +225,13 @@ def timing_lines(state: dict[str, Any]) -> list[str]:
     for key, value in t.items():
         if isinstance(value, dict):
             lines.append(f"- {key}: `{json.dumps(value)}`")
+    rows = [e for r in state["results"].values() for e in r.get("evals", {}).values()]
+    rows += [e for r in state["results"].values() for k, e in r.get("sharing", {}).items() if k != "none"]
+    scored = [e for e in rows if e.get("score_seconds")]
+    if scored:
+        images, seconds = sum(e["samples"] for e in scored), sum(e["score_seconds"] for e in scored)
+        lines.append(f"- scoring (Inception features and metrics; the first also computes the reference's "
+                     f"statistics): {images} sample images in {_minutes(seconds)}, {images / seconds:.1f} img/s")
     return lines
 
 
