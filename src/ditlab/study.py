@@ -125,18 +125,18 @@ class StudyConfig:
     num_heads: int = 4  # attention heads (DDT: groups) of the transformer entries
     patch_size: int = 2  # patch side of the patch-based entries (DiffuSSM has no patchify)
     width: int = 128  # hidden size of the first entry; the others are sized to its training FLOPs
-    steps: int = 2400  # optimizer steps of every entry
+    steps: int = 1500  # optimizer steps of every entry
     global_batch: int = 64  # images per step
     evals: int = 3  # evaluation budgets, evenly spaced in steps (the last at `steps`)
     lr_scale: float = 2.0  # multiplies every recipe's paper learning rate (small models, short runs)
     warmup_steps: int = 0  # linear warm-up (the papers: none)
     ema_decay: float = 0.999  # EMA decay of every entry (papers: 0.9999, too slow for short runs)
     ema_warmup: bool = True  # EMA decay min(decay, (1+s)/(10+s)), so early budgets are not the initial weights
-    fid_samples: int = 1000  # samples per evaluation (same seeds and class-balanced labels for every entry)
+    fid_samples: int = 500  # samples per evaluation (same seeds and class-balanced labels for every entry)
     sampler_steps: int = 50  # model evaluations per sample: DDPM respaced / Euler ODE (DDT, flow entries)
     sample_batch: int = 250  # images per sampling batch
     cfg_scale: float = 1.0  # guidance of the evaluation samples (1 = none)
-    reference_images: int = 5000  # real images of the reference statistics (0 = the whole train split)
+    reference_images: int = 2000  # real images of the reference statistics (0 = the whole train split)
     share_ratios: list[int] = field(default_factory=lambda: [2, 4])  # DDT sharing: uniform R and DP K=ceil(N/R)
     tolerance: float = 0.10  # allowed relative mismatch of training FLOPs per image
     precision: str = "fp32"  # training precision: fp32 or bf16 (autocast)
@@ -189,12 +189,13 @@ class StudyConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # A smoke run (minutes on 2 cores): tiny models, two budgets, few samples.
     "quick": dict(image_size=16, depth=4, num_heads=2, width=48, steps=40, global_batch=16, evals=2,
-                  fid_samples=64, sampler_steps=10, sample_batch=64, reference_images=256, share_ratios=[2],
+                  fid_samples=32, sampler_steps=10, sample_batch=64, reference_images=128, share_ratios=[2],
                   ckpt_every=20, ema_decay=0.99),
-    # <= 3 h on this 2-core machine (an estimate from ~0.1 TFLOP/s: ~100 min training, ~40 min sampling and
-    # Inception; the study records its real time): 16 px Fashion-MNIST, 64 tokens at p=2, 256 for DiffuSSM.
-    "cpu": dict(image_size=16, depth=6, num_heads=4, width=128, steps=2400, global_batch=64, evals=3,
-                lr_scale=2.0, fid_samples=1000, sampler_steps=50, reference_images=5000, share_ratios=[2, 4]),
+    # <= 3 h on this 2-core machine, an estimate (not yet timed end to end): training ~60 img/s fp32 (~25 min per
+    # entry), the FID Inception ~5 img/s (~35 min for 2000 reference + 16 x 500 sample images), sampling ~10 min.
+    # 16 px Fashion-MNIST: 64 tokens at p=2, 256 for DiffuSSM (the 4x ratio of ImageNet-256 latents at p=2).
+    "cpu": dict(image_size=16, depth=6, num_heads=4, width=128, steps=1500, global_batch=64, evals=3,
+                lr_scale=2.0, fid_samples=500, sampler_steps=50, reference_images=2000, share_ratios=[2, 4]),
     # About 1 h of one H100/H200 (an estimate: ~36 GFLOP per training image, not yet measured on a GPU): DiT-S/2
     # shape at 32 px (256 tokens at p=2; DiffuSSM 1024 tokens, as at ImageNet-256 latents), 5000 steps of 256.
     "gpu": dict(image_size=32, image_fit="pad", depth=12, num_heads=6, width=384, steps=5000, global_batch=256,
