@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 import traceback
@@ -199,7 +200,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # About 1 h of one H100/H200 (an estimate: ~36 GFLOP per training image, not yet measured on a GPU): DiT-S/2
     # shape at 32 px (256 tokens at p=2; DiffuSSM 1024 tokens, as at ImageNet-256 latents), 5000 steps of 256.
     "gpu": dict(image_size=32, image_fit="pad", depth=12, num_heads=6, width=384, steps=5000, global_batch=256,
-                evals=4, lr_scale=1.0, fid_samples=5000, sampler_steps=50, sample_batch=1000, reference_images=0,
+                evals=4, lr_scale=1.0, fid_samples=5000, sampler_steps=50, sample_batch=1000, reference_images=10000,
                 share_ratios=[2, 3, 4, 5], ckpt_every=1000, ema_decay=0.9999, precision="bf16", device="cuda"),
 }
 
@@ -668,6 +669,9 @@ def run_study(cfg: StudyConfig) -> Path:
     """Run (or continue) the study in ``cfg.out``; returns the report's path. Failed entries are retried."""
     from .study_report import write_report
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("ditlab study runs in one process (each entry's training and sampling use its device); "
+                         "start it without torchrun")
     out = Path(cfg.out)
     state = open_state(cfg)
     for name in state["plan"]:
