@@ -102,7 +102,7 @@ RECIPES: dict[str, EntrySpec] = {
         source="diffussm.md: DiT/ADM recipe (AdamW lr 1e-4, learned sigma, MSE+VB), no patchify, hourglass M=2"),
     "DiT-flow": EntrySpec(
         "DiT-flow", "DiT", "flow", model_args={"learn_sigma": False}, flow={"time_scale": 1000.0},
-        source="DiT under flow matching (SiT-like), uniform-in-logit t, time_scale 1000 for DiT's embedder"),
+        source="DiT under flow matching (SiT-like), logit-normal t, time_scale 1000 for DiT's embedder"),
 }
 DEFAULT_ENTRIES = ("DiT", "MDTv2", "DDT", "DiffuSSM")
 
@@ -174,7 +174,7 @@ class StudyConfig:
         unknown = [n for n in names if n not in RECIPES]
         if unknown:
             raise ValueError(f"unknown study entr{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}; "
-                             f"allowed: {', '.join(RECIPES)} (or add one with --add-entries)")
+                             f"allowed: {', '.join(RECIPES)} (or add one with --add-entry JSON)")
         specs = [dataclasses.replace(RECIPES[n]) for n in names]
         for raw in self.add_entries:
             try:
