@@ -26,8 +26,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, format_report, run_demo
 
     cfg = DemoConfig(**dataclass_overrides(args, DemoConfig))
-    print(f"ditlab demo: training a class-conditional {cfg.model} on the embedded digits -> {cfg.run_dir}",
-          flush=True)
+    data = "the embedded digits" if cfg.data == "digits" else cfg.data
+    print(f"ditlab demo: training a class-conditional {cfg.model} on {data} -> {cfg.run_dir}", flush=True)
     report = run_demo(cfg)
     print(format_report(report))
     return 0
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    demo = sub.add_parser("demo", help="train a small DiT on the embedded digits, sample a grid, grade it",
+    demo = sub.add_parser("demo", help="train a small DiT on the embedded digits or --data fashion-mnist, sample, grade",
                           description=__import__("ditlab.demo", fromlist=["x"]).__doc__)
     add_dataclass_flags(demo, DemoConfig)
     demo.set_defaults(func=_cmd_demo)
