@@ -18,6 +18,7 @@ EPILOG_TRAIN = """examples:
   ditlab train --resume runs/s2 --steps 4000        # continue the same run to step 4000
   ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --min-snr-gamma 5 --lr 5e-4 ...  # MDTv2 recipe
   ditlab train --model DDT --objective flow --model-args '{"num_blocks": 6, "num_encoder_blocks": 4}' ...
+  ditlab train --data fashion-mnist --fid-every 1000 --fid-samples 2000 ...   # FID curve in metrics.jsonl, curves.png
   torchrun --standalone --nproc_per_node=8 -m ditlab train --model DiT-XL/2 ...   # DDP, one process per GPU
 """
 
@@ -42,7 +43,8 @@ def _train_sections():
     return {"diffusion": (DiffusionConfig, ""), "flow": (FlowConfig, "flow_"), "repa": (REPAConfig, "repa_")}
 
 
-_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints")
+_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints", "fid_every",
+                    "fid_samples", "fid_reference", "fid_inception")
 
 
 def _train_config(args: argparse.Namespace):
