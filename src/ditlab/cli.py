@@ -96,7 +96,7 @@ def _cmd_extract_latents(args: argparse.Namespace) -> int:
 
     config = ExtractConfig(**dataclass_overrides(args, ExtractConfig))
     if not config.data:
-        raise ValueError("--data is required (an image folder root/<class>/<image>)")
+        raise ValueError("--data is required (an image folder root/<class>/<image>, fashion-mnist[:DIR] or mnist:DIR)")
     try:
         index = run_extract(config)
     finally:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.idx import FITS as IMAGE_FITS
 from ..models.layers import ATTENTION_BACKENDS
 from ..models.repa import REPAConfig
 from ..objectives import DiffusionConfig
@@ -24,8 +25,9 @@ class TrainConfig:
     run_dir: str = "runs/train"  # folder for config.json, metrics.jsonl, tb/, checkpoints/, samples/
     model: str = "DiT-S/2"  # preset or family name from the registry
     model_args: dict[str, Any] = field(default_factory=dict)  # official-name overrides, e.g. {"depth": 6}
-    data: str = "digits"  # dataset spec: "digits" (embedded)
-    image_size: int = 16  # digits: side the 8x8 images are upsampled to
+    data: str = "digits"  # digits, fashion-mnist[:DIR], mnist:DIR (+ :train/:test, :N), images:DIR, latents:DIR
+    image_size: int | None = None  # pixel side for the model; None = the data's (32 for (fashion-)mnist, else 16)
+    image_fit: str = "pad"  # 28x28 (fashion-)mnist to image_size: "pad" (zero border) or "resize" (bilinear)
     objective: str = "diffusion"  # training objective; see ditlab.train.objective.OBJECTIVES
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)  # settings of objective="flow"
@@ -75,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention={self.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+        if self.image_fit not in IMAGE_FITS:
+            raise ValueError(f"image_fit={self.image_fit!r} is not one of {', '.join(IMAGE_FITS)}")
         if self.parallel not in PARALLEL_MODES:
             raise ValueError(f"parallel={self.parallel!r} is not one of {', '.join(PARALLEL_MODES)}")
         if self.fsdp_mixed_precision and (self.parallel, self.precision) != ("fsdp", "bf16"):
