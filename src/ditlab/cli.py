@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    demo = sub.add_parser("demo", help="train a small DiT on the embedded digits or --data fashion-mnist, sample, grade",
+    demo = sub.add_parser("demo", help="train a small DiT on digits or --data fashion-mnist; sample; grade",
                           description=__import__("ditlab.demo", fromlist=["x"]).__doc__)
     add_dataclass_flags(demo, DemoConfig)
     demo.set_defaults(func=_cmd_demo)
