@@ -16,6 +16,8 @@ from .cli_args import add_dataclass_flags, dataclass_overrides
 EPILOG_TRAIN = """examples:
   ditlab train --model DiT-S/2 --data digits --steps 2000 --run-dir runs/s2
   ditlab train --resume runs/s2 --steps 4000        # continue the same run to step 4000
+  ditlab train --model DiT-S/4 --data fashion-mnist --steps 20000   # 28x28 padded to 32 (--image-fit resize)
+  ditlab train --model DiT-S/4 --data mnist:/data/mnist:train:10000 ...  # a folder of the 4 IDX files, 10k images
   ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --min-snr-gamma 5 --lr 5e-4 ...  # MDTv2 recipe
   ditlab train --model DDT --objective flow --model-args '{"num_blocks": 6, "num_encoder_blocks": 4}' ...
   ditlab train --data fashion-mnist --fid-every 1000 --fid-samples 2000 ...   # FID curve in metrics.jsonl, curves.png
