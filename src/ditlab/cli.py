@@ -35,9 +35,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # Nested config sections of TrainConfig and the flag prefix of each on the command line.
 def _train_sections():
-    from .models.repa import REPAConfig
     from .objectives import DiffusionConfig
     from .objectives.flow import FlowConfig
+    from .objectives.repa import REPAConfig
 
     return {"diffusion": (DiffusionConfig, ""), "flow": (FlowConfig, "flow_"), "repa": (REPAConfig, "repa_")}
 

@@ -177,7 +177,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     data = build_data_source(config, info)
     torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run of this config
     model = set_attention_backend(build_model(config, data).to(info.device), config.attention)
-    objective = build_objective(config, model=model, codec=data.codec)
+    objective = build_objective(config, model=model, data=data)
+    wants_images = getattr(objective, "needs_images", False)  # REPA: the real images of each batch
     objective_params = trainable_parameters(objective)  # e.g. REPA's projector, trained with the backbone
     trained_objective = objective.to(info.device) if objective_params else None
     ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
@@ -212,8 +213,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         for step, indices in zip(range(start, config.steps), sampler, strict=False):
             # Data and randomness of this step are functions of (seed, rank, step) alone.
             x0, y = data.batch(indices, step=step)
+            extra = {"images": data.images(indices, step)} if wants_images else {}
             torch.manual_seed(step_seed(config.seed, info.rank, step))
-            window.append(optimisation_step(parts, x0, y, step, learning_rate(config, step)))
+            window.append(optimisation_step(parts, x0, y, step, learning_rate(config, step), **extra))
             done = step + 1
             bar.update(1)
             saving = done % config.ckpt_every == 0 or done == config.steps
