@@ -95,8 +95,10 @@ class LabelEmbedder(nn.Module):
     def token_drop(self, labels: Tensor, force_drop_ids: Tensor | None = None) -> Tensor:
         """Replace labels by the null class: at random (prob ``dropout_prob``) or where ``force_drop_ids == 1``."""
         if force_drop_ids is None:
-            # One torch.rand draw, exactly as the official code, so seeded runs drop the same labels.
-            drop_ids = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            # One torch.rand draw from the CPU generator, as official DiT and MDT (``torch.rand(N)``), then moved
+            # to the labels' device: on a GPU, as there, t and noise come from the CUDA generator and the dropout
+            # from the CPU one, so a seed drops the labels the official code drops.
+            drop_ids = (torch.rand(labels.shape[0]) < self.dropout_prob).to(labels.device)
         else:
             drop_ids = force_drop_ids == 1
         return torch.where(drop_ids, self.num_classes, labels)
