@@ -149,6 +149,37 @@ def test_adan_global_norm_clipping_and_bad_arguments():
         Adan([p], betas=(0.9, 0.999))
 
 
+def as_official_adan_state(state: dict) -> dict:
+    """ditlab's Adan state in the official package's format: its ``neg_pre_grad`` holds −g where ditlab's
+    ``pre_grad`` holds +g (sail-sg/Adan ``adan.py``), and its groups carry ``foreach``/``fused``."""
+    entries = {k: {**{n: t for n, t in v.items() if n != "pre_grad"}, "neg_pre_grad": -v["pre_grad"]}
+               for k, v in state["state"].items()}
+    groups = [{**g, "foreach": True, "fused": False} for g in state["param_groups"]]
+    return {"state": entries, "param_groups": groups}
+
+
+def test_adan_resumes_from_an_official_state_as_if_uninterrupted():
+    torch.manual_seed(0)
+    start, grads = torch.randn(6, 5), [torch.randn(6, 5) for _ in range(10)]
+
+    def run(p, opt, steps):
+        for g in steps:
+            p.grad = g.clone()
+            opt.step()
+
+    straight = torch.nn.Parameter(start.clone())
+    run(straight, Adan([straight], lr=1e-2, weight_decay=0.02, max_grad_norm=1.0), grads)
+    for convert in (as_official_adan_state, lambda state: state):  # an official file, and ditlab's own
+        p = torch.nn.Parameter(start.clone())
+        first = Adan([p], lr=1e-2, weight_decay=0.02, max_grad_norm=1.0)
+        run(p, first, grads[:5])
+        second = Adan([p], lr=1e-2, weight_decay=0.02, max_grad_norm=1.0)
+        second.load_state_dict(convert(first.state_dict()))
+        assert torch.equal(second.state[p]["pre_grad"], first.state[p]["pre_grad"])
+        run(p, second, grads[5:])
+        assert torch.equal(p.data, straight.data)
+
+
 def test_build_optimizer_chooses_adan():
     model = torch.nn.Linear(2, 2)
     opt = build_optimizer(model, TrainConfig(optimizer="adan", lr=5e-4), torch.device("cpu"))
