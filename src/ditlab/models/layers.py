@@ -97,8 +97,12 @@ class LabelEmbedder(nn.Module):
         if force_drop_ids is None:
             # One torch.rand draw from the CPU generator, as official DiT and MDT (``torch.rand(N)``), then moved
             # to the labels' device: on a GPU, as there, t and noise come from the CUDA generator and the dropout
-            # from the CPU one, so a seed drops the labels the official code drops.
-            drop_ids = (torch.rand(labels.shape[0]) < self.dropout_prob).to(labels.device)
+            # from the CPU one, so a seed drops the labels the official code drops. The copy is queued from
+            # pinned memory, so the host does not wait for the GPU (the official blocking copy would).
+            drop_ids = torch.rand(labels.shape[0]) < self.dropout_prob
+            if labels.device.type == "cuda":
+                drop_ids = drop_ids.pin_memory()
+            drop_ids = drop_ids.to(labels.device, non_blocking=True)
         else:
             drop_ids = force_drop_ids == 1
         return torch.where(drop_ids, self.num_classes, labels)

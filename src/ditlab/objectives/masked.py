@@ -34,8 +34,10 @@ def uniform_timesteps(num_timesteps: int, n: int, device: torch.device | str) ->
     """(n,) timesteps as MDT's ``UniformSampler.sample``: ``np.random.choice`` over uniform weights (its
     importance weights are all 1, so they are not returned)."""
     weights = np.ones([num_timesteps])
-    indices = np.random.choice(num_timesteps, size=(n,), p=weights / np.sum(weights))
-    return torch.from_numpy(indices).long().to(device)
+    indices = torch.from_numpy(np.random.choice(num_timesteps, size=(n,), p=weights / np.sum(weights))).long()
+    if torch.device(device).type == "cuda":  # a queued copy from pinned memory: the host does not wait
+        indices = indices.pin_memory()
+    return indices.to(device, non_blocking=True)
 
 
 class MaskedDiffusionObjective:
