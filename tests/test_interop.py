@@ -329,3 +329,25 @@ def test_convert_refuses_what_has_no_target_format(tmp_path, capsys, family, out
     assert cli.main(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / out)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_convert_bad_input_is_one_line(tmp_path, capsys):
+    _official_dit(tmp_path)
+    (tmp_path / "broken.pt").write_bytes(b"")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "file").write_text("x")
+    flow_dit = random_dit()
+    save_weights(tmp_path / "flow.safetensors", flow_dit.state_dict(),
+                 {"family": "DiT", "config": json.loads(json.dumps(flow_dit.config.__dict__)), "objective": "flow"})
+    official = str(tmp_path / "official.pt")
+    for argv, message in (
+        ([str(tmp_path / "broken.pt"), "x.safetensors"], "is not a readable checkpoint"),
+        ([str(tmp_path / "nope.pt"), "x.safetensors"], "neither an existing file or folder nor a Hub id"),
+        ([official, "x.txt"], "suffix '.txt' names no format"),
+        ([official, "x.pt", "--model-args", '{"num_heads": 2}', "--vae", "v"], "--vae applies to the diffusers"),
+        ([official, str(tmp_path / "taken"), "--model-args", '{"num_heads": 2}'], "already exists"),
+        ([str(tmp_path / "flow.safetensors"), str(tmp_path / "f")], "no DiTPipeline scheduler"),
+    ):
+        assert cli.main(["convert", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -15,7 +15,10 @@ pair of formats that both exist for a family converts. What has no target format
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,22 +137,33 @@ def _learns_sigma(model: nn.Module) -> bool:
     return bool(getattr(config, "learn_sigma", False))
 
 
+@contextlib.contextmanager
+def _broken_file_is_one_line(path: Path) -> Iterator[None]:
+    """A truncated or foreign file (torch.load's EOFError, RuntimeError, ...) as a one-line ValueError."""
+    try:
+        yield
+    except (EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first})") from err
+
+
 def read_official(path: Path, name: str | None, overrides: dict[str, Any]) -> Converted:
     """An official checkpoint as a ditlab model; the family from ``name`` or the keys."""
     from ..models import official
 
-    family = _family_of_name(name) if name else official_family(official._read_file(path))
-    if family == "DiffuSSM":
-        raise ValueError(f"{path}: {UNSUPPORTED[('DiffuSSM', 'official')]}")
-    notes = []
-    if family == "DiT":
-        model = official.load_official_dit(path, name if name and name != "DiT" else None, **overrides)
-    elif family in ("MDT", "MDTv2"):
-        model = official.load_official_mdt(path, name or family, **overrides)
-    else:
-        model, projector = official.load_official_ddt(path, name or "DDT", **overrides)
-        if projector is not None:
-            notes.append("the REPA projector (diffusion_trainer.proj.*, training only) is not kept")
+    with _broken_file_is_one_line(path):
+        family = _family_of_name(name) if name else official_family(official._read_file(path))
+        if family == "DiffuSSM":
+            raise ValueError(f"{path}: {UNSUPPORTED[('DiffuSSM', 'official')]}")
+        notes = []
+        if family == "DiT":
+            model = official.load_official_dit(path, name if name and name != "DiT" else None, **overrides)
+        elif family in ("MDT", "MDTv2"):
+            model = official.load_official_mdt(path, name or family, **overrides)
+        else:
+            model, projector = official.load_official_ddt(path, name or "DDT", **overrides)
+            if projector is not None:
+                notes.append("the REPA projector (diffusion_trainer.proj.*, training only) is not kept")
     objective = OFFICIAL_OBJECTIVE[family]
     diffusion = DiffusionConfig(learn_sigma=_learns_sigma(model)) if objective != "flow" else DiffusionConfig()
     return Converted(model, family, objective, diffusion, FlowConfig(), notes)
@@ -238,14 +252,15 @@ def run_convert(config: ConvertConfig) -> tuple[Path, list[str]]:
     """Convert ``config.source`` into ``config.out``; returns (output, notes on what did not carry over)."""
     if not config.source or not config.out:
         raise ValueError("convert needs a source and an output (ditlab convert SOURCE OUT)")
-    target = target_format(config.out, config.to)
+    target, out = target_format(config.out, config.to), Path(config.out)
+    if config.vae and target != "diffusers":
+        raise ValueError("--vae applies to the diffusers format only (it is copied into the pipeline's vae/)")
+    if target == "diffusers" and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"output {out} already exists; give a new folder for the diffusers pipeline")
     converted = read_any(config.source, config.model, config.model_args, config.allow_download)
     family = family_of(converted.model)
     if (family, target) in UNSUPPORTED:
         raise ValueError(f"cannot convert {family} to {target}: {UNSUPPORTED[(family, target)]}")
-    if config.vae and target != "diffusers":
-        raise ValueError("--vae applies to the diffusers format only (it is copied into the pipeline's vae/)")
-    out = Path(config.out)
     if target == "diffusers":
         write_diffusers(converted, out, config.vae, config.allow_download)
     else:
