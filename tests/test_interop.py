@@ -289,7 +289,8 @@ def test_convert_official_dit_through_ditlab_and_diffusers_and_back(tmp_path, ca
     assert cli.main(["convert", str(tmp_path / "d.safetensors"), str(tmp_path / "pipe")]) == 0
     assert cli.main(["convert", str(tmp_path / "pipe"), str(tmp_path / "back.safetensors")]) == 0
     assert cli.main(["convert", str(tmp_path / "back.safetensors"), str(tmp_path / "back.pt")]) == 0
-    assert "converted" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "converted" in printed and "no --vae" in printed and "guidance_scale=1" in printed
     state, meta = load_weights(tmp_path / "d.safetensors")
     assert meta["family"] == "DiT" and meta["objective"] == "diffusion" and meta["diffusion"]["learn_sigma"]
     back = load_official_dit(tmp_path / "back.pt", num_heads=2)

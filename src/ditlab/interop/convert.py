@@ -239,13 +239,20 @@ def write_official(converted: Converted, out: Path) -> None:
     atomic_write(out, lambda tmp: torch.save(obj, tmp))
 
 
-def write_diffusers(converted: Converted, out: Path, vae: str | None, allow_download: bool) -> None:
+def write_diffusers(converted: Converted, out: Path, vae: str | None, allow_download: bool) -> list[str]:
+    """Export the pipeline folder; returns notes on what DiTPipeline will need or cannot do with it."""
     from .diffusers_dit import export_diffusers_dit
 
     if converted.objective != "diffusion":
         raise ValueError(f"a {converted.objective!r}-trained DiT has no DiTPipeline scheduler; only diffusion DiTs "
                          "convert to diffusers")
     export_diffusers_dit(converted.model, converted.diffusion, out, vae, allow_download)  # type: ignore[arg-type]
+    notes = [] if vae else ["no --vae: the folder has no vae/; give DiTPipeline.from_pretrained(..., vae=...)"]
+    classes = converted.model.config.num_classes  # type: ignore[attr-defined]
+    if classes != 1000:
+        notes.append(f"DiTPipeline's guidance uses class 1000 as the null label; this model has {classes} classes, "
+                     "so sample it there with guidance_scale=1")
+    return notes
 
 
 def run_convert(config: ConvertConfig) -> tuple[Path, list[str]]:
@@ -262,7 +269,7 @@ def run_convert(config: ConvertConfig) -> tuple[Path, list[str]]:
     if (family, target) in UNSUPPORTED:
         raise ValueError(f"cannot convert {family} to {target}: {UNSUPPORTED[(family, target)]}")
     if target == "diffusers":
-        write_diffusers(converted, out, config.vae, config.allow_download)
+        converted.notes += write_diffusers(converted, out, config.vae, config.allow_download)
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         (write_ditlab(converted, out, config.source) if target == "ditlab" else write_official(converted, out))
