@@ -19,7 +19,7 @@ from ditlab.objectives import DiffusionConfig
 from ditlab.sample import load_sampling_model
 from ditlab.sampling.generate import generate_latents
 from ditlab.train.checkpoint import load_weights, save_weights
-from ditlab.utils.hub import resolve_weights
+from ditlab.utils.hub import HubId, parse_hub_id, resolve_weights
 from helpers import SMALL_MODELS, golden, golden_state_dict
 
 # Measured on this tiny model (see README "diffusers"): with diffusers' timestep frequencies set to the
@@ -198,12 +198,14 @@ def test_a_diffusers_made_pipeline_loads_into_ditlab(tmp_path):
             block.norm1.emb.load_state_dict(net.transformer_blocks[0].norm1.emb.state_dict())
     scheduler = diffusers.DDPMScheduler(beta_schedule="squaredcos_cap_v2", variance_type="learned_range")
     diffusers.DiTPipeline(transformer=net, vae=tiny_vae(), scheduler=scheduler).save_pretrained(tmp_path / "p")
+    net.save_pretrained(tmp_path / "bin", safe_serialization=False)  # a bare transformer folder, .bin weights
     loaded = load_diffusers_dit(tmp_path / "p")
     assert loaded.diffusion == DiffusionConfig(schedule="cosine", learn_sigma=True)
     x, t, y = inputs()
     official_time_frequencies(net)
-    torch.testing.assert_close(loaded.model(x, t, y), net(x, timestep=t, class_labels=y).sample,
-                               atol=PARITY_ATOL, rtol=0)
+    expected = net(x, timestep=t, class_labels=y).sample
+    torch.testing.assert_close(loaded.model(x, t, y), expected, atol=PARITY_ATOL, rtol=0)
+    torch.testing.assert_close(load_diffusers_dit(tmp_path / "bin").model(x, t, y), expected, atol=PARITY_ATOL, rtol=0)
 
 
 def test_scheduler_settings_map_or_are_refused():
@@ -232,6 +234,17 @@ def test_legacy_transformer2d_class_name_loads(pipeline_dir):
 
 
 # ---- Hub ids through a cache made here ----
+
+
+@pytest.mark.parametrize("source, parsed", [
+    ("facebook/DiT-XL-2-256", HubId("facebook/DiT-XL-2-256", None, "")),
+    ("facebook/DiT-XL-2-256@v1.0/vae", HubId("facebook/DiT-XL-2-256", "v1.0", "vae")),
+    ("me/repo/weights/DiT-XL-2-256x256.pt", HubId("me/repo", None, "weights/DiT-XL-2-256x256.pt")),
+    ("./runs/x", None), ("/abs/path", None), ("~/x/y", None), ("single", None),
+])
+def test_hub_id_syntax(source, parsed):
+    assert parse_hub_id(source) == parsed
+    assert parsed is None or parsed.is_file == source.endswith(".pt")
 
 
 def fake_hub_repo(cache, repo: str, files: dict) -> None:

@@ -108,7 +108,7 @@ def _shared_embedders(state_dict: Mapping[str, Tensor], depth: int) -> dict[str,
 def diffusers_to_dit(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Official DiT weights (all but the fixed ``pos_embed``) from a diffusers ``DiTTransformer2DModel``'s."""
     depth = _depth(state_dict, r"transformer_blocks\.(\d+)\.")
-    expected = set(dit_to_diffusers_keys(depth))
+    expected = set(diffusers_dit_keys(depth))
     unexpected = sorted(set(state_dict) - expected)
     missing = sorted(expected - set(state_dict))
     if unexpected or missing:
@@ -131,7 +131,7 @@ def _top_items() -> list[tuple[str, str, str]]:
     return [(f"{old}.{leaf}", new, leaf) for old, new in _TOP_RENAMES.items() for leaf in ("weight", "bias")]
 
 
-def dit_to_diffusers_keys(depth: int) -> list[str]:
+def diffusers_dit_keys(depth: int) -> list[str]:
     """Every key of a diffusers ``DiTTransformer2DModel`` state dict of ``depth`` blocks."""
     keys = [f"{new}.{leaf}" for _, new, leaf in _top_items()]
     for i in range(depth):
