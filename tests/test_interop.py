@@ -6,6 +6,7 @@ import json
 import math
 
 import diffusers
+import numpy as np
 import pytest
 import torch
 
@@ -222,6 +223,16 @@ def test_scheduler_settings_map_or_are_refused():
                        ({"prediction_type": "flow"}, "prediction_type='flow'")):
         with pytest.raises(ValueError, match=match):
             diffusion_from_scheduler({**ddim, **bad}, learn_sigma=True)
+
+
+def test_ditlab_sample_runs_on_a_diffusers_folder_and_its_vae(pipeline_dir, tmp_path):
+    from ditlab.sample import SampleConfig, run_sample
+
+    _, folder, _ = pipeline_dir
+    out = run_sample(SampleConfig(checkpoint=str(folder), vae=str(folder), out=str(tmp_path / "s.npz"), num_images=2,
+                                  batch_size=2, sampler_steps="ddim2", progress=False, device="cpu"))
+    with np.load(out) as f:
+        assert f["arr_0"].shape == (2, 16, 16, 3) and f["arr_0"].dtype == np.uint8
 
 
 def test_legacy_transformer2d_class_name_loads(pipeline_dir):
