@@ -146,6 +146,12 @@ def test_repa_loss_adds_half_the_alignment_of_the_real_images():
     assert objective.encoder.seen[-1] is pixels
 
 
+def test_the_frozen_encoder_moves_with_the_objective():
+    objective = REPAFlowMatching(FlowMatching(), REPAConfig(enabled=True), 32, TinyEncoder()).double()
+    assert objective.encoder.proj.weight.dtype == torch.float64  # .to(device) moves it alike (the loop's call)
+    assert all(k.startswith("proj.") for k in objective.state_dict())  # and it stays out of the checkpoint
+
+
 def test_missing_repa_encoder_path_is_a_one_line_error(tmp_path):
     for repa, match in ((REPAConfig(enabled=True), "REPA is on but repa.encoder_path is not set"),
                         (REPAConfig(enabled=True, encoder_path=str(tmp_path / "nope")), "is not a folder")):

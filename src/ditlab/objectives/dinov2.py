@@ -74,6 +74,9 @@ class Dinov2Features(nn.Module):
         self.width = int(model.config.hidden_size)
         self.skip = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)  # CLS (+ registers)
         self._tables: dict[tuple, Tensor] = {}
+        if not hasattr(model.embeddings, "interpolate_pos_encoding"):
+            raise ValueError(f"this {type(model).__name__} has no embeddings.interpolate_pos_encoding to replace "
+                             "by DDT's resampling; REPA needs transformers' Dinov2Model (transformers>=4.40)")
         # transformers asks this method for the table of every forward; answer with DDT's resampling instead.
         model.embeddings.interpolate_pos_encoding = self._position_table
 
