@@ -57,9 +57,7 @@ class ConvertConfig:
     model_args: dict[str, Any] = field(default_factory=dict)  # official source: sizes the weights do not fix
     vae: str | None = None  # diffusers target: VAE folder or Hub id to copy into vae/ (None = no vae/)
     allow_download: bool = False  # let Hub ids missing from the cache be downloaded (never with HF_HUB_OFFLINE)
-    # diffusers source: trained by the "official" DiT code (as facebook/DiT-*) or in "diffusers" (its timestep
-    # frequencies); None = what ditlab's export recorded in the folder, else official
-    timesteps: str | None = None
+    timesteps: str | None = None  # diffusers source trained by: official (Hub DiT) or diffusers; None: as recorded
 
 
 @dataclass
