@@ -10,9 +10,9 @@ from typing import Any
 
 from ..data.idx import FITS as IMAGE_FITS
 from ..models.layers import ATTENTION_BACKENDS
-from ..models.repa import REPAConfig
 from ..objectives import DiffusionConfig
 from ..objectives.flow import FlowConfig
+from ..objectives.repa import REPAConfig
 
 PRECISIONS = ("fp32", "bf16")
 PARALLEL_MODES = ("ddp", "fsdp")
