@@ -31,6 +31,7 @@ def test_demo_settings_follow_the_data():
         (1500, 32, "ddim25", 100)
     assert fashion.model_args == digits.model_args  # the same small DiT: 64 tokens at 32x32 with patch 4
     assert DemoConfig(data="fashion-mnist", steps=7, image_size=28).steps == 7
+    assert (digits.run_dir, fashion.run_dir) == ("runs/demo", "runs/demo-fashion-mnist")  # one does not erase the other
     root = str(DEBIAN_FASHION_MNIST)
     assert reference_spec(fashion) == f"fashion-mnist:{root}:train:2000"
     assert floor_spec(fashion, 1000) == f"fashion-mnist:{root}:test:1000"

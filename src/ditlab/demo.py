@@ -54,7 +54,7 @@ DATA_DEFAULTS = {
 class DemoConfig:
     """The demo's settings; the defaults fit in about five minutes on two CPU cores."""
 
-    run_dir: str = "runs/demo"  # replaced if it holds an earlier demo run
+    run_dir: str | None = None  # replaced if it holds an earlier demo run; None = runs/demo (digits), runs/demo-KIND
     data: str = "digits"  # "digits" (embedded; graded by a classifier) or fashion-mnist[:DIR] / mnist:DIR (FID)
     model: str = "DiT"  # preset or family (DiT, MDT, MDTv2, DDT, DiffuSSM); the size comes from model_args
     model_args: dict[str, Any] | None = None  # official-name model overrides; None = the family's demo size
@@ -83,6 +83,8 @@ class DemoConfig:
         for key, value in DATA_DEFAULTS["digits" if self.data == "digits" else "idx"].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
+        if self.run_dir is None:
+            self.run_dir = "runs/demo" if self.data == "digits" else f"runs/demo-{parse_idx_spec(self.data).kind}"
         family = model_config(self.model)[0].name if self.model not in DEMO_DEFAULTS else self.model
         model_args, image_size, objective = DEMO_DEFAULTS.get(family, DEMO_DEFAULTS["DiT"])
         if self.model != family:  # a preset: its own size, made small only where the user did not say
