@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ditlab.cli import main
@@ -16,6 +17,9 @@ from ditlab.data.idx import DEBIAN_FASHION_MNIST
 from ditlab.demo import DemoConfig
 from ditlab.demo_fid import floor_spec, reference_spec
 from ditlab.eval.inception import fid_helper_weights
+from ditlab.models.registry import create_model
+from ditlab.objectives import DiffusionConfig
+from ditlab.sampling.generate import generate
 
 needs_fashion = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
@@ -70,3 +74,14 @@ def test_fashion_mnist_demo_end_to_end_tiny(tmp_path, capsys, monkeypatch):
         assert npz["arr_1"].tolist() == list(range(10))
     cached = sorted(p.name for p in (tmp_path / "cache" / "fid-references").glob("*.npz"))
     assert len(cached) == 2 and cached[0].startswith("fashion-mnist-test-10-32px-pad"), cached
+
+
+@pytest.mark.parametrize("sampler_steps", ["ddim5", "5"])
+def test_clip_denoised_keeps_pixel_samples_in_range(sampler_steps):
+    # a fresh DiT predicts eps = 0 (zero-initialised final layer), so x0 = x_t / sqrt(abar) leaves [-1, 1]
+    model = create_model("DiT", depth=1, hidden_size=32, num_heads=2, patch_size=8, input_size=16, in_channels=1,
+                         num_classes=10)
+    labels = torch.arange(4)
+    free = generate(model, DiffusionConfig(), labels, sampler_steps=sampler_steps)
+    clipped = generate(model, DiffusionConfig(), labels, sampler_steps=sampler_steps, clip_denoised=True)
+    assert free.abs().max() > 2 and clipped.abs().max() <= 1 + 1e-5
