@@ -1,4 +1,5 @@
-"""The ``ditlab`` command: ``demo``, ``train``, ``extract-latents``, ``sample``, ``evaluate``, ``flops``, ``study``.
+"""The ``ditlab`` command: ``demo``, ``train``, ``extract-latents``, ``sample``, ``evaluate``, ``flops``,
+``convert``, ``study``.
 
 Every failure caused by user input ends in one line, ``ditlab: error: ...``, naming the bad value and what
 is allowed; a traceback means a bug in ditlab.
@@ -16,8 +17,12 @@ from .cli_args import add_dataclass_flags, dataclass_overrides
 EPILOG_TRAIN = """examples:
   ditlab train --model DiT-S/2 --data digits --steps 2000 --run-dir runs/s2
   ditlab train --resume runs/s2 --steps 4000        # continue the same run to step 4000
-  ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --min-snr-gamma 5 --lr 5e-4 ...  # MDTv2 recipe
+  ditlab train --model DiT-S/4 --data fashion-mnist --steps 20000   # 28x28 padded to 32 (--image-fit resize)
+  ditlab train --model DiT-S/4 --data mnist:/data/mnist:train:10000 ...  # a folder of the 4 IDX files, 10k images
+  ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --max-grad-norm 1 --min-snr-gamma 5 --lr 5e-4 ...
+                                                    # MDTv2's recipe (official train_util.py: Adan, max_grad_norm=1)
   ditlab train --model DDT --objective flow --model-args '{"num_blocks": 6, "num_encoder_blocks": 4}' ...
+  ditlab train --data fashion-mnist --fid-every 1000 --fid-samples 2000 ...   # FID curve in metrics.jsonl, curves.png
   torchrun --standalone --nproc_per_node=8 -m ditlab train --model DiT-XL/2 ...   # DDP, one process per GPU
 """
 
@@ -26,8 +31,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, format_report, run_demo
 
     cfg = DemoConfig(**dataclass_overrides(args, DemoConfig))
-    print(f"ditlab demo: training a class-conditional {cfg.model} on the embedded digits -> {cfg.run_dir}",
-          flush=True)
+    data = "the embedded digits" if cfg.data == "digits" else cfg.data
+    print(f"ditlab demo: training a class-conditional {cfg.model} on {data} -> {cfg.run_dir}", flush=True)
     report = run_demo(cfg)
     print(format_report(report))
     return 0
@@ -35,14 +40,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # Nested config sections of TrainConfig and the flag prefix of each on the command line.
 def _train_sections():
-    from .models.repa import REPAConfig
     from .objectives import DiffusionConfig
     from .objectives.flow import FlowConfig
+    from .objectives.repa import REPAConfig
 
     return {"diffusion": (DiffusionConfig, ""), "flow": (FlowConfig, "flow_"), "repa": (REPAConfig, "repa_")}
 
 
-_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints")
+_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints", "fid_every",
+                    "fid_samples", "fid_reference", "fid_inception")
 
 
 def _train_config(args: argparse.Namespace):
@@ -168,6 +174,25 @@ def _add_study_parser(sub) -> None:
     st.set_defaults(func=_cmd_study)
 
 
+EPILOG_CONVERT = """examples:
+  ditlab convert DiT-XL-2-256x256.pt dit-xl2.safetensors             # official .pt -> ditlab
+  ditlab convert facebook/DiT-XL-2-256 dit-xl2.safetensors           # diffusers pipeline (Hub id or folder) -> ditlab
+  ditlab convert runs/x/checkpoints/step_0100000.safetensors my-dit --vae stabilityai/sd-vae-ft-ema  # -> DiTPipeline
+  ditlab convert mdt_xl2_v2_ckpt.pt mdtv2.safetensors --model MDTv2-XL/2
+"""
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .interop.convert import ConvertConfig, run_convert
+
+    config = ConvertConfig(**dataclass_overrides(args, ConvertConfig))  # the positionals are fields too
+    out, notes = run_convert(config)
+    print(f"converted {config.source} -> {out}")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoConfig
     from .train import TrainConfig
@@ -177,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    demo = sub.add_parser("demo", help="train a small DiT on the embedded digits, sample a grid, grade it",
+    demo = sub.add_parser("demo", help="train a small DiT on digits or --data fashion-mnist; sample; grade",
                           description=__import__("ditlab.demo", fromlist=["x"]).__doc__)
     add_dataclass_flags(demo, DemoConfig)
     demo.set_defaults(func=_cmd_demo)
@@ -224,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--block", default=None, help="DiT conditioning block (adaLN-Zero, adaLN, cross-attention, "
                                                   "in-context)")
     fl.set_defaults(func=_cmd_flops)
+
+    from .interop.convert import ConvertConfig
+
+    co = sub.add_parser("convert", help="weights between official .pt/.ckpt, ditlab .safetensors and diffusers folders",
+                        description=__import__("ditlab.interop.convert", fromlist=["x"]).__doc__,
+                        epilog=EPILOG_CONVERT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    co.add_argument("source", help="official .pt/.ckpt, ditlab .safetensors, diffusers folder, or a Hub id")
+    co.add_argument("out", help="output: .safetensors (ditlab), .pt/.ckpt (official) or a folder (diffusers)")
+    add_dataclass_flags(co, ConvertConfig, skip=("source", "out"))
+    co.set_defaults(func=_cmd_convert)
     _add_study_parser(sub)
     return parser
 

@@ -43,6 +43,7 @@ def generate_latents(
     cfg_interval: tuple[float, float] | None = None,
     share: str | ShareSpec | None = None,
     cfg_power: float | None = None,
+    clip_denoised: bool = False,
 ) -> Tensor:
     """Sample model-space tensors for ``labels`` with the sampler that ``sampler_steps`` names.
 
@@ -55,6 +56,8 @@ def generate_latents(
     ``cfg_interval=(0.3, 1.0)`` limits guidance to that open interval of t (DDT); ``share`` ("uniform:R" /
     "dp:K") reuses the encoder state of a model with an encoder/decoder split (DDT).
     ``cfg_power`` turns the constant guidance scale into MDT's power-cosine schedule with that exponent.
+    ``clip_denoised`` clamps each predicted x0 to [-1, 1] (Gaussian samplers; ADM does so for pixel-space models,
+    DiT's latent sampler does not).
     """
     if isinstance(diffusion, FlowConfig):
         sampler = flow_sampler or flow_sampler_from_steps(sampler_steps)
@@ -77,8 +80,10 @@ def generate_latents(
     try:
         with inputs_checked_once(model):  # the label check would sync the host at every step
             if sampler_steps.startswith("ddim"):
-                return sample_ddim(process, denoiser, noise, eta=eta, generator=generators, progress=progress)
-            return sample_ddpm(process, denoiser, noise, generator=generators, progress=progress)
+                return sample_ddim(process, denoiser, noise, eta=eta, clip_denoised=clip_denoised, generator=generators,
+                                   progress=progress)
+            return sample_ddpm(process, denoiser, noise, clip_denoised=clip_denoised, generator=generators,
+                               progress=progress)
     finally:
         model.train(was_training)
 

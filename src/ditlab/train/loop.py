@@ -4,8 +4,8 @@ The loop owns the run folder, the optimizer, EMA, checkpoints, logging and the d
 the loss (``objective.loss(model, x0, y) -> dict of per-sample tensors``) and the backbone owns the network.
 
 Exactness: the batch of step ``s`` comes from :class:`StepBatchSampler` and every random draw of step ``s``
-(timesteps, noise, label dropout) follows ``torch.manual_seed(step_seed(seed, rank, s))``, so a resumed run
-repeats an uninterrupted one bit for bit on CPU.
+(timesteps, noise, label dropout) follows ``torch.manual_seed(step_seed(seed, rank, s))`` (and numpy's global
+seed, for MDT's numpy timestep draw), so a resumed run repeats an uninterrupted one bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -29,8 +30,9 @@ from ..models.registry import create_model, family_of
 from ..optim import Adan
 from ..utils.distributed import DistInfo, barrier, init_distributed
 from . import checkpoint as ckpt
-from . import fsdp
+from . import fid, fsdp
 from .config import TrainConfig
+from .curves import plot_curves
 from .data_source import DataSource, build_data_source
 from .ema import EMA
 from .logger import MetricsLogger
@@ -177,7 +179,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     data = build_data_source(config, info)
     torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run of this config
     model = set_attention_backend(build_model(config, data).to(info.device), config.attention)
-    objective = build_objective(config, model=model, codec=data.codec)
+    objective = build_objective(config, model=model, data=data)
+    wants_images = getattr(objective, "needs_images", False)  # REPA: the real images of each batch
     objective_params = trainable_parameters(objective)  # e.g. REPA's projector, trained with the backbone
     trained_objective = objective.to(info.device) if objective_params else None
     ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
@@ -201,6 +204,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     logger = MetricsLogger(run_dir, enabled=info.is_main)
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     last_ckpt = ckpt.checkpoint_paths(run_dir / "checkpoints", start)[0] if resume else None
+    fid_state = fid.prepare(config, model, data.input_size, info) if config.fid_every else None
     bar = tqdm(total=config.steps, initial=start, disable=not (info.is_main and config.progress),
                desc="train", unit="step", dynamic_ncols=True)
     window: list[StepStats] = []
@@ -212,8 +216,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         for step, indices in zip(range(start, config.steps), sampler, strict=False):
             # Data and randomness of this step are functions of (seed, rank, step) alone.
             x0, y = data.batch(indices, step=step)
+            extra = {"images": data.images(indices, step)} if wants_images else {}
             torch.manual_seed(step_seed(config.seed, info.rank, step))
-            window.append(optimisation_step(parts, x0, y, step, learning_rate(config, step)))
+            np.random.seed(step_seed(config.seed, info.rank, step) % 2**32)  # MDT draws t with numpy
+            window.append(optimisation_step(parts, x0, y, step, learning_rate(config, step), **extra))
             done = step + 1
             bar.update(1)
             saving = done % config.ckpt_every == 0 or done == config.steps
@@ -239,10 +245,26 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
                     if sharded else ema.module
                 if info.is_main:
                     _save_grid(run_dir, done, grid_model, config, data)
+            if fid_state is not None and (done % config.fid_every == 0 or done == config.steps):
+                _log_fid(fid_state, run_dir, done, ema, config, data, info, logger, sharded)
     bar.close()
     logger.close()
     barrier()
     return TrainResult(run_dir, config.steps, last_ckpt, loss_value, logger.rows, info.is_main)
+
+
+def _log_fid(state: fid.FIDState, run_dir: Path, done: int, ema: EMA, config: TrainConfig, data: DataSource,
+             info: DistInfo, logger: MetricsLogger, sharded: bool) -> None:
+    """FID of the EMA model (sampled over all ranks; one rank when sharded), logged and plotted on rank 0."""
+    if sharded:  # the unsharded copy lives on rank 0 only, which then samples every image
+        model = fsdp.unsharded_copy(ema.module, lambda: build_model(config, data), info)
+    else:
+        model = ema.module
+    row = fid.evaluate(state, model, config, data.codec, data.num_classes, done, info, split=not sharded)
+    if row is not None:
+        logger.log(row)
+        plot_curves(read_metrics(run_dir), run_dir / "curves.png", state.flops_per_step)
+    barrier()
 
 
 def _read_or_stop(window: list[StepStats], last_ckpt: Path | None, bar: tqdm, logger: MetricsLogger,
