@@ -202,8 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NonFiniteLossError, CheckpointWriteError) as err:
         print(f"ditlab: error: {err}", file=sys.stderr)
         return 2 if not isinstance(err, (NonFiniteLossError, CheckpointWriteError)) else 1
-    except KeyboardInterrupt:
-        print("ditlab: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM during training (its name is the message)
+        print(f"ditlab: interrupted{f' by {stop}' if str(stop).startswith('SIG') else ''}", file=sys.stderr)
         return 130
 
 

@@ -80,12 +80,13 @@ def _prepare(config: TrainConfig, run_dir: Path, resume: bool, resume_step: int 
 
 
 def _refuse_other_run(config: TrainConfig, run_dir: Path) -> None:
-    """A folder without checkpoints may be reused only by the same config (a run killed before its first save)."""
-    path = run_dir / "config.json"
+    """A folder without checkpoints whose metrics.jsonl has rows may be reused only by the same config (a run
+    killed before its first save); with another config the two runs' metrics would mix."""
+    path, metrics = run_dir / "config.json", run_dir / "metrics.jsonl"
+    if not (metrics.is_file() and metrics.stat().st_size):
+        return  # nothing was logged: nothing to mix
     if not path.is_file():
-        if (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").stat().st_size:
-            raise ValueError(f"run folder {run_dir} holds metrics.jsonl of an unknown run; use a new --run-dir")
-        return
+        raise ValueError(f"run folder {run_dir} holds metrics.jsonl of an unknown run; use a new --run-dir")
     try:
         old = json.loads(json.dumps(TrainConfig.load(path).to_dict()))
     except ValueError:

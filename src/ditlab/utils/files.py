@@ -121,8 +121,10 @@ def folder_lock(folder: Path, warn: Callable[[str], None]) -> Iterator[None]:
             warn(f"stale lock {path} from {previous} ({state}); taking it over")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{socket.gethostname()} PID {os.getpid()}".encode(), 0)
-        yield
-        os.ftruncate(fd, 0)  # a clean exit leaves no record behind
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # only a killed job leaves its record behind
     finally:
         os.close(fd)  # closing drops the flock
 
