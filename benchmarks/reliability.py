@@ -93,9 +93,10 @@ def start_args(run: Path) -> list[str] | None:
     return ["--resume", str(run), "--steps", str(STEPS)] if steps else flags(run)
 
 
-def temp_files(run: Path) -> set[str]:
+def temp_files(run: Path, pid: int) -> set[str]:
+    """The temporary files process ``pid`` is writing (atomic_write names them .<name>.tmp-<pid>)."""
     folder = run / "checkpoints"
-    return {p.name for p in folder.glob(".*")} if folder.is_dir() else set()
+    return {p.name for p in folder.glob(f".*.tmp-{pid}")} if folder.is_dir() else set()
 
 
 def kill_cycle(script: Path, run: Path, ref: Path, kills: int, in_write: bool, rng: random.Random) -> dict:
@@ -104,7 +105,7 @@ def kill_cycle(script: Path, run: Path, ref: Path, kills: int, in_write: bool, r
     In-write kills land while the n-th temporary file of the attempt exists (n = 1 or 2: inside the train-state
     write or inside the weights write of a checkpoint pair); the others land at a random moment of training.
     """
-    kills_done, landed, stale, errors = 0, 0, 0, []
+    kills_done, landed, stale, removed, errors = 0, 0, 0, 0, []
     for _ in range(kills):
         if start_args(run) is None:
             break
@@ -112,7 +113,7 @@ def kill_cycle(script: Path, run: Path, ref: Path, kills: int, in_write: bool, r
         start_rows, seen, nth = rows(run), set(), rng.choice([1, 2])
         while proc.poll() is None:
             if in_write:
-                seen |= temp_files(run)
+                seen |= temp_files(run, proc.pid)
                 if len(seen) >= nth:
                     time.sleep(0.05)
                     break
@@ -124,19 +125,22 @@ def kill_cycle(script: Path, run: Path, ref: Path, kills: int, in_write: bool, r
             if proc.returncode != 0:
                 errors.append(proc.communicate()[1].strip().splitlines()[-1:])
             break
-        landed += bool(temp_files(run))
+        landed += bool(temp_files(run, proc.pid))
         proc.kill()
         _, err = proc.communicate()
         stale += "stale lock" in err
+        removed += sum(int(x.split("removed ")[1].split()[0]) for x in err.splitlines() if "leftover(s)" in x)
         kills_done += 1
     if start_args(run) is not None:
         proc = child(script, start_args(run))
         _, err = proc.communicate(timeout=300)
         stale += "stale lock" in err
+        removed += sum(int(x.split("removed ")[1].split()[0]) for x in err.splitlines() if "leftover(s)" in x)
         if proc.returncode != 0:
             errors.append(err.strip().splitlines()[-1:])
     return {"kills": kills_done, "kills_with_a_temp_file_open": landed if in_write else None,
-            "failed_restarts": errors, "exact": final_equal(run, ref), "stale_lock_warnings": stale}
+            "failed_restarts": errors, "exact": final_equal(run, ref), "stale_lock_warnings": stale,
+            "leftovers_removed": removed}
 
 
 def sigterm_trials(script: Path, tmp: Path, ref: Path, n: int, rng: random.Random) -> dict:
