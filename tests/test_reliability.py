@@ -308,8 +308,8 @@ def test_folder_without_checkpoints_is_not_reused_with_another_config(tmp_path):
 def send_at_step(monkeypatch, sig: int, at: int) -> None:
     original = loop.optimisation_step
 
-    def step_then_signal(parts, x0, y, step, lr):
-        stats = original(parts, x0, y, step, lr)
+    def step_then_signal(parts, x0, y, step, lr, **extra):
+        stats = original(parts, x0, y, step, lr, **extra)
         if step + 1 == at:
             os.kill(os.getpid(), sig)
         return stats
@@ -424,7 +424,7 @@ def test_missing_vae_of_a_latents_run_is_found_at_start(tmp_path, monkeypatch):
     images = make_folder(tmp_path / "images", per_class=2, size=(16, 16))
     run_extract(extract_config(images, str(tmp_path / "vae"), tmp_path / "lat"))
     shutil.rmtree(tmp_path / "vae")
-    monkeypatch.setattr(loop, "optimisation_step", lambda *a: pytest.fail("a step ran before the VAE was checked"))
+    monkeypatch.setattr(loop, "optimisation_step", lambda *a, **k: pytest.fail("a step ran before the VAE was checked"))
     config = tiny_config(tmp_path / "run", data=f"latents:{tmp_path / 'lat'}", sample_every=0,
                          model_args={**TINY, "patch_size": 1})
     with pytest.raises(FileNotFoundError, match="VAE .*vae"):
