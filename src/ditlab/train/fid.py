@@ -72,7 +72,7 @@ def prepare(config: Any, model: nn.Module, image_size: int, info: DistInfo) -> F
     if info.is_main:
         from ..eval.score import reference_statistics
 
-        reference = reference_statistics(name, image_size=image_size, fit=getattr(config, "image_fit", "pad"),
+        reference = reference_statistics(name, image_size=image_size, fit=config.image_fit,
                                          device=str(info.device), progress=config.progress,
                                          inception=config.fid_inception)
     barrier()
