@@ -16,7 +16,8 @@ from .cli_args import add_dataclass_flags, dataclass_overrides
 EPILOG_TRAIN = """examples:
   ditlab train --model DiT-S/2 --data digits --steps 2000 --run-dir runs/s2
   ditlab train --resume runs/s2 --steps 4000        # continue the same run to step 4000
-  ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --min-snr-gamma 5 --lr 5e-4 ...  # MDTv2 recipe
+  ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --max-grad-norm 1 --min-snr-gamma 5 --lr 5e-4 ...
+                                                    # MDTv2's recipe (official train_util.py: Adan, max_grad_norm=1)
   ditlab train --model DDT --objective flow --model-args '{"num_blocks": 6, "num_encoder_blocks": 4}' ...
   ditlab train --data fashion-mnist --fid-every 1000 --fid-samples 2000 ...   # FID curve in metrics.jsonl, curves.png
   torchrun --standalone --nproc_per_node=8 -m ditlab train --model DiT-XL/2 ...   # DDP, one process per GPU
@@ -36,15 +37,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # Nested config sections of TrainConfig and the flag prefix of each on the command line.
 def _train_sections():
-    from .models.repa import REPAConfig
     from .objectives import DiffusionConfig
     from .objectives.flow import FlowConfig
+    from .objectives.repa import REPAConfig
 
     return {"diffusion": (DiffusionConfig, ""), "flow": (FlowConfig, "flow_"), "repa": (REPAConfig, "repa_")}
 
 
-_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints", "fid_every",
-                    "fid_samples", "fid_reference", "fid_inception")
+_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints",
+                    "save_on_signal", "dist_timeout", "fid_every", "fid_samples", "fid_reference", "fid_inception")
 
 
 def _train_config(args: argparse.Namespace):
@@ -72,15 +73,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
     from .utils.distributed import shutdown
 
+    if args.resume_step is not None and not args.resume:
+        raise ValueError("--resume-step needs --resume RUN_DIR")
     config = _train_config(args)
     try:
-        result = train(config, resume=bool(args.resume))
+        result = train(config, resume=bool(args.resume), resume_step=args.resume_step)
     finally:
         shutdown()  # an undestroyed gloo/nccl group can abort the process at interpreter exit
-    if result.is_main:
+    if result.is_main and result.stopped_by:
+        print(f"stopped by {result.stopped_by} at step {result.step}; checkpoint {result.last_checkpoint}; "
+              f"continue with: ditlab train --resume {result.run_dir}", file=sys.stderr)
+    elif result.is_main:
         print(f"trained to step {result.step}; final loss {result.final_loss:.4f}; "
               f"last checkpoint {result.last_checkpoint}; run folder {result.run_dir}")
-    return 0
+    return 128 + 15 if result.stopped_by == "SIGTERM" else 130 if result.stopped_by else 0
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
@@ -169,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train any registered backbone under any objective (Gaussian diffusion, MDT's "
                                     "masked diffusion, flow matching).")
     tr.add_argument("--resume", metavar="RUN_DIR", default=None,
-                    help="continue the run in RUN_DIR from its newest checkpoint, with its saved config")
+                    help="continue the run in RUN_DIR from its newest intact checkpoint, with its saved config")
+    tr.add_argument("--resume-step", metavar="STEP", type=int, default=None,
+                    help="with --resume: continue from this checkpoint step instead of the newest intact one")
     add_dataclass_flags(tr, TrainConfig)
     for name, (cls, prefix) in _train_sections().items():
         add_dataclass_flags(tr.add_argument_group(f"{name} (TrainConfig.{name})"), cls, prefix=prefix)
@@ -222,15 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .train import NonFiniteLossError
+    from .train import CheckpointWriteError, NonFiniteLossError
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+    except (ValueError, FileNotFoundError, NonFiniteLossError, CheckpointWriteError) as err:
         print(f"ditlab: error: {err}", file=sys.stderr)
-        return 2 if not isinstance(err, NonFiniteLossError) else 1
-    except KeyboardInterrupt:
-        print("ditlab: interrupted", file=sys.stderr)
+        return 2 if not isinstance(err, (NonFiniteLossError, CheckpointWriteError)) else 1
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM during training (its name is the message)
+        print(f"ditlab: interrupted{f' by {stop}' if str(stop).startswith('SIG') else ''}", file=sys.stderr)
         return 130
 
 

@@ -46,12 +46,15 @@ class StepStats:
     grad_norm: Tensor
 
 
-def optimisation_step(parts: StepParts, x0: Tensor, y: Tensor, step: int, lr: float) -> StepStats:
-    """Forward under autocast, backward, optional clipping, optimizer and EMA updates; no host sync."""
+def optimisation_step(parts: StepParts, x0: Tensor, y: Tensor, step: int, lr: float, **extra: Tensor | None,
+                      ) -> StepStats:
+    """Forward under autocast, backward, optional clipping, optimizer and EMA updates; no host sync.
+
+    ``extra`` goes to the objective's loss (REPA: ``images``, the real images of the batch)."""
     for group in parts.optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # e.g. S4D's A and Δ train at a scaled rate
     with parts.autocast:
-        terms = parts.objective.loss(parts.net, x0, y)
+        terms = parts.objective.loss(parts.net, x0, y, **extra)
     loss = terms["loss"].mean()
     names = ["loss"] + [k for k in terms if k != "loss"]
     mean_terms = all_reduce_mean(torch.stack([terms[k].detach().float().mean() for k in names]))
@@ -79,11 +82,14 @@ def read_window(window: list[StepStats]) -> list[dict[str, float]]:
 
 
 class NonFiniteLoss(Exception):
-    """Raised by :func:`read_window`; the loop turns it into its user-facing error."""
+    """Raised by :func:`read_window`; the loop turns it into its user-facing error.
 
-    def __init__(self, step: int, value: float):
-        super().__init__(f"loss became {value} at step {step}")
-        self.step, self.value = step, value
+    ``step`` counts optimizer steps from 1, as checkpoint names do (``StepStats.step`` counts from 0).
+    """
+
+    def __init__(self, step_index: int, value: float):
+        self.step, self.value = step_index + 1, value
+        super().__init__(f"loss became {value} at step {self.step}")
 
 
 def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:
