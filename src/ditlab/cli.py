@@ -47,8 +47,8 @@ def _train_sections():
     return {"diffusion": (DiffusionConfig, ""), "flow": (FlowConfig, "flow_"), "repa": (REPAConfig, "repa_")}
 
 
-_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints", "fid_every",
-                    "fid_samples", "fid_reference", "fid_inception", "save_on_signal", "dist_timeout")
+_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints",
+                    "save_on_signal", "dist_timeout", "fid_every", "fid_samples", "fid_reference", "fid_inception")
 
 
 def _train_config(args: argparse.Namespace):
