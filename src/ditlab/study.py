@@ -629,9 +629,14 @@ def run_sharing(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, r
     for spec in sharing_specs(cfg):
         if spec in result["sharing"]:
             continue
-        if spec == "none" and str(step) in result["evals"]:  # the final evaluation is the unshared point
-            result["sharing"][spec] = {**result["evals"][str(step)], "sharing": spec, "calibration_seconds": 0.0,
-                                       "encoder_calls": cfg.sampler_steps}
+        if spec == "none" and str(step) in result["evals"]:  # the final evaluation's numbers, re-timed here
+            final = result["evals"][str(step)]  # so that every speed-up compares samplings of one phase
+            model = load_entry_model(run_dir, step, _device(cfg))
+            _, seconds = sample_images(model, entry_train_config(cfg, plan, run_dir, step), cfg, desc="re-time")
+            result["sharing"][spec] = {**final, "sharing": spec, "calibration_seconds": 0.0, "score_seconds": None,
+                                       "encoder_calls": cfg.sampler_steps, "sample_seconds": seconds,
+                                       "sample_img_per_s": final["samples"] / seconds}
+            save_state(out, state)
             continue
         share: Any = None if spec == "none" else spec
         calibration = 0.0
