@@ -126,7 +126,7 @@ class StudyConfig:
     num_heads: int = 4  # attention heads (DDT: groups) of the transformer entries
     patch_size: int = 2  # patch side of the patch-based entries (DiffuSSM has no patchify)
     width: int = 128  # hidden size of the first entry; the others are sized to its training FLOPs
-    steps: int = 1500  # optimizer steps of every entry
+    steps: int = 2400  # optimizer steps of every entry
     global_batch: int = 64  # images per step
     evals: int = 3  # evaluation budgets, evenly spaced in steps (the last at `steps`)
     lr_scale: float = 2.0  # multiplies every recipe's paper learning rate (small models, short runs)
@@ -192,10 +192,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(image_size=16, depth=4, num_heads=2, width=48, steps=40, global_batch=16, evals=2,
                   fid_samples=32, sampler_steps=10, sample_batch=64, reference_images=128, share_ratios=[2],
                   ckpt_every=20, ema_decay=0.99),
-    # <= 3 h on this 2-core machine, an estimate (not yet timed end to end): training ~60 img/s fp32 (~25 min per
-    # entry), the FID Inception ~5 img/s (~35 min for 2000 reference + 16 x 500 sample images), sampling ~10 min.
-    # 16 px Fashion-MNIST: 64 tokens at p=2, 256 for DiffuSSM (the 4x ratio of ImageNet-256 latents at p=2).
-    "cpu": dict(image_size=16, depth=6, num_heads=4, width=128, steps=1500, global_batch=64, evals=3,
+    # <= 3 h on this 2-core machine, an estimate (not yet timed end to end on a quiet machine): training at about
+    # half DiT-S/2's measured 0.17 TFLOP/s (~150 img/s, ~17 min per entry), the FID Inception at ~5 img/s (~33 min
+    # for 2000 reference + 16 x 500 sample images), sampling ~15 min. 16 px Fashion-MNIST: 64 tokens at p=2 and
+    # 256 for DiffuSSM (the 4x ratio of ImageNet-256 latents at p=2).
+    "cpu": dict(image_size=16, depth=6, num_heads=4, width=128, steps=2400, global_batch=64, evals=3,
                 lr_scale=2.0, fid_samples=500, sampler_steps=50, reference_images=2000, share_ratios=[2, 4]),
     # About 1 h of one H100/H200 (an estimate: ~36 GFLOP per training image, not yet measured on a GPU): DiT-S/2
     # shape at 32 px (256 tokens at p=2; DiffuSSM 1024 tokens, as at ImageNet-256 latents), 5000 steps of 256.
