@@ -10,8 +10,11 @@ into the ``.npz`` (``arr_0``: uint8 NHWC, ``arr_1``: labels), as DiT's ``sample_
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,13 +75,137 @@ class SampleConfig:
             raise ValueError(f"attention={self.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
         if self.labels not in LABEL_MODES and not self.labels.isdigit():
             raise ValueError(f"labels={self.labels!r} must be one of {', '.join(LABEL_MODES)} or a class index")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Refuse settings that would silently give NaN (all-black) images or overflow a seed."""
+        numbers = {"cfg_scale": self.cfg_scale, "eta": self.eta, "cfg_power": self.cfg_power}
+        for name, value in numbers.items():
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name}={value} must be a finite number")
+        if self.cfg_power is not None and self.cfg_power <= 0:
+            raise ValueError(f"cfg_power={self.cfg_power} must be positive (or None for a constant scale)")
+        if self.cfg_interval is not None and (len(self.cfg_interval) != 2 or  # NaN fails the comparison too
+                                              not 0 <= self.cfg_interval[0] < self.cfg_interval[1] <= 1):
+            raise ValueError(f"cfg_interval={self.cfg_interval} must be two times low,high with 0 <= low < high <= 1")
+        if self.guided_channels is not None and self.guided_channels < 1:
+            raise ValueError(f"guided_channels={self.guided_channels} must be >= 1 (or None for all channels)")
+        if not 0 <= self.seed <= 2**64 - self.num_images:  # image i seeds a torch.Generator with seed + i
+            raise ValueError(f"seed={self.seed} must be in 0..2**64 - num_images")
 
     def identity(self) -> dict[str, Any]:
-        keys = ("checkpoint", "model", "num_images", "labels", "sampler_steps", "cfg_scale", "guided_channels",
+        """The settings a resumed job must share (the checkpoint is pinned by content: see :func:`run_sample`)."""
+        keys = ("model", "num_images", "labels", "sampler_steps", "cfg_scale", "guided_channels",
                 "cfg_power", "eta", "cfg_interval", "share", "vae", "seed", "batch_size", "precision")
         out = {k: getattr(self, k) for k in keys}
         out["cfg_interval"] = list(self.cfg_interval) if self.cfg_interval else None  # as JSON reads it back
         return out
+
+
+# ----------------------------------------------------------------------------
+# Checks before any work: the checkpoint is one, the outputs can be written, the options fit the model.
+
+
+def checkpoint_format(path: Path) -> str:
+    """"safetensors" or "torch" (a ``torch.save`` zip or legacy pickle), read off the first bytes; anything else
+    (an image, an ``.npz``, text) is a one-line error instead of a traceback from deep inside a loader."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if 1 < size <= os.path.getsize(path) - 8 and f.read(1) == b"{":  # safetensors: u64 header size + JSON
+            return "safetensors"
+    if head.startswith(b"\x80"):  # the pickle protocol byte of torch's legacy format
+        return "torch"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(name.endswith("data.pkl") for name in z.namelist()):
+                return "torch"
+        raise ValueError(f"checkpoint {path} is a zip file but not a torch.save checkpoint (an .npz?); "
+                         f"expected a step_*.safetensors from `ditlab train` or an official DiT .pt")
+    raise ValueError(f"checkpoint {path} is neither a safetensors file nor a torch.save checkpoint; "
+                     f"expected a step_*.safetensors from `ditlab train` or an official DiT .pt")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 16 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """Refuse a ``folder`` (for the output ``what``) that could not be made or written, by writing a probe file in
+    it or, if it does not exist yet, in its nearest existing parent; nothing is created, so a refused job leaves
+    no trace."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        raise ValueError(f"{what}: {existing} is a file, not a folder")
+    try:
+        probe = existing / f".write-probe.tmp-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{what}: cannot write in {existing} ({err.strerror or err})") from None
+
+
+def check_outputs(config: SampleConfig) -> None:
+    """Refuse, before sampling, outputs that could not be written at the end: a folder where the .npz or grid
+    goes, a file where the PNG folder goes, a grid name Pillow cannot save, a folder without write access."""
+    from PIL import Image
+
+    out = Path(config.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the .npz file to write")
+    _writable_folder(out.parent, f"--out {out}")
+    if config.png_dir:
+        _writable_folder(Path(config.png_dir), f"--png-dir {config.png_dir}")
+    if config.grid:
+        grid = Path(config.grid)
+        if grid.is_dir():
+            raise ValueError(f"--grid {grid} is a folder; give the image file to write (e.g. grid.png)")
+        if grid.suffix.lower() not in Image.registered_extensions():
+            raise ValueError(f"--grid {grid}: Pillow cannot write {grid.suffix or 'files without an extension'}; "
+                             f"use .png or .jpg")
+        _writable_folder(grid.parent, f"--grid {grid}")
+
+
+def check_options_fit(model: nn.Module, objective: DiffusionConfig | FlowConfig, config: SampleConfig) -> None:
+    """Refuse sampling options that this model or objective would silently ignore or misapply."""
+    flow = isinstance(objective, FlowConfig)
+    kind = "a flow-matching" if flow else "a diffusion"
+    channels = model.config.in_channels
+    if config.guided_channels is not None and config.guided_channels > channels:
+        raise ValueError(f"guided_channels={config.guided_channels} exceeds the model's {channels} channels")
+    if not flow and config.cfg_interval is not None:
+        raise ValueError(f"cfg_interval applies to flow-matching models; {config.checkpoint} is {kind} model")
+    if flow and config.cfg_power is not None:
+        raise ValueError(f"cfg_power applies to diffusion models; {config.checkpoint} is {kind} model")
+    if config.eta != 0 and (flow or not config.sampler_steps.startswith("ddim")):
+        raise ValueError(f"eta={config.eta} applies to DDIM only (sampler_steps='ddimN' on a diffusion model)")
+    if config.share is not None and config.share.strip().lower() not in ("", "none"):
+        if not flow:
+            raise ValueError(f"share applies to flow-matching models; {config.checkpoint} is {kind} model")
+        if not (hasattr(model, "encode") and hasattr(model, "decode")):
+            raise ValueError(f"share needs a model with an encoder/decoder split (DDT); "
+                             f"{type(model).__name__} has none")
+
+
+def check_finite_weights(model: nn.Module, checkpoint: str) -> None:
+    """Weights with NaN or inf can only give NaN images (saved as black): refuse them by tensor name."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"checkpoint {checkpoint} has non-finite values (NaN/inf) in {name}; "
+                             f"sample from an earlier checkpoint")
+
+
+def check_codec_fits(codec: Any, model: nn.Module, config: SampleConfig) -> None:
+    """The VAE must decode the latents this model makes (a pixel-space run needs --vae identity)."""
+    channels = getattr(codec, "channels", model.config.in_channels)
+    if channels != model.config.in_channels:
+        raise ValueError(f"{config.checkpoint} makes {model.config.in_channels}-channel samples but VAE "
+                         f"{config.vae} has {channels} latent channels; pass --vae identity for a pixel-space run")
 
 
 # ----------------------------------------------------------------------------
@@ -94,7 +221,7 @@ def load_sampling_model(path: str | Path, model: str | None = None) -> tuple[nn.
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
+    if checkpoint_format(path) == "safetensors":
         state, meta = load_weights(path)
         if "family" not in meta or "config" not in meta:
             raise ValueError(f"{path} has no family/config metadata; is it a `ditlab train` checkpoint?")
@@ -159,9 +286,20 @@ def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, code
                                    cfg_power=config.cfg_power,
                                    seeds=[config.seed + i for i in indices])
     images = codec.decode(latents.float())
+    check_finite_images(images, config, indices)
+    if images.shape[1] == 1:  # grayscale (the digits): repeated to RGB, as ADM's npz and Inception need
+        images = images.expand(-1, 3, -1, -1)
     if images.shape[1] != 3:
         raise ValueError(f"decoded images have {images.shape[1]} channels; ADM npz needs RGB (check --vae)")
     return to_uint8(images), labels.numpy()
+
+
+def check_finite_images(images: torch.Tensor, config: SampleConfig, indices: range) -> None:
+    """NaN would be written as black pixels and the job would report success: stop and name the chunk."""
+    if not torch.isfinite(images).all():
+        raise ValueError(f"checkpoint {config.checkpoint} gave non-finite images (NaN/inf) in chunk "
+                         f"{indices.start // config.batch_size} (images {indices.start}..{indices.stop - 1}); "
+                         f"nothing was written for it and no .npz is made")
 
 
 def _write_chunk(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -224,19 +362,28 @@ def run_sample(config: SampleConfig) -> Path:
         raise ValueError("--checkpoint is required (a step_*.safetensors or an official DiT .pt)")
     if not Path(config.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint {config.checkpoint} does not exist")
+    checkpoint_format(Path(config.checkpoint))
     info = init_distributed(config.device)
     out = Path(config.out)
     parts = parts_dir(out)
     chunks = chunk_ranges(config.num_images, config.batch_size)
     if out.is_file() and not parts.exists():
         raise ValueError(f"{out} already exists (a finished run); remove it or choose another --out")
-    parts.mkdir(parents=True, exist_ok=True)
-    check_or_write_identity(parts / "sample.json", config.identity(), info.is_main, "a different sampling run")
+    check_outputs(config)
+    # Pinned by content, not path: a resumed job must use the same weights even if the file moved or was replaced.
+    identity = {**config.identity(), "checkpoint_sha256": file_sha256(Path(config.checkpoint))}
+    check_or_write_identity(parts / "sample.json", identity, False, "a different sampling run")
     todo = [c for c in range(len(chunks)) if c % info.world_size == info.rank and not chunk_path(parts, c).is_file()]
-    if todo:
+    if todo:  # every check that needs the model, before the job is pinned: a refused option can then be fixed
         model, diffusion = load_sampling_model(config.checkpoint, config.model)
+        check_options_fit(model, diffusion, config)
+        check_finite_weights(model, config.checkpoint)
         model = prepare_for_speed(model.to(info.device), config)
         codec = load_codec(config.vae, model.config.in_channels, info.device, config.allow_download)
+        check_codec_fits(codec, model, config)
+    parts.mkdir(parents=True, exist_ok=True)
+    check_or_write_identity(parts / "sample.json", identity, info.is_main, "a different sampling run")
+    if todo:
         bar = tqdm(total=len(todo), disable=not (info.is_main and config.progress), desc="sample", unit="chunk",
                    dynamic_ncols=True)
         for c in todo:
