@@ -71,3 +71,24 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     foreign.mkdir()
     assert main(["demo", "--run-dir", str(foreign)]) == 2
     assert "is not a ditlab demo folder" in capsys.readouterr().err
+
+
+def test_bad_image_error_names_only_flags_the_command_has(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / name / "0.png")
+    (root / "a" / "1.png").write_bytes(b"not a png")
+    tiny = '{"depth": 1, "hidden_size": 32, "num_heads": 2, "patch_size": 4}'
+    assert main(["train", "--data", f"images:{root}", "--image-size", "8", "--model", "DiT", "--model-args", tiny,
+                 "--steps", "1", "--global-batch", "3", "--sample-every", "-1", "--progress", "false",
+                 "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1.png: not a readable image" in err[0] and "--skip-bad" not in err[0], err
+    assert main(["extract-latents", "--data", str(root), "--image-size", "8", "--vae", "identity",
+                 "--out", str(tmp_path / "lat"), "--progress", "false"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1.png: not a readable image" in err[0] and "--skip-bad" in err[0], err
