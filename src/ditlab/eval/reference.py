@@ -47,8 +47,25 @@ def npz_keys(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file {path} does not exist")
-    with zipfile.ZipFile(path) as z:
-        return [n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")]
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")]
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path} is not an .npz file (not a zip archive); expected an ADM batch with arr_0") from None
+
+
+def check_image_npz(path: str | Path) -> None:
+    """Refuse, in one line, an .npz that is no ADM image batch: no ``arr_0``, or not uint8 (N, H, W, 3)."""
+    keys = npz_keys(path)
+    if "arr_0" not in keys:
+        raise ValueError(f"{path} has no 'arr_0' array (keys: {', '.join(keys) or 'none'}); expected an ADM batch")
+    try:
+        with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as f:
+            header = _read_header(f)
+    except (zipfile.BadZipFile, ValueError, OSError) as err:
+        raise ValueError(f"{path}: arr_0 cannot be read ({err})") from None
+    if header is not None and (header[2] != np.uint8 or len(header[0]) != 4 or header[0][-1] != 3):
+        raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3) images, got {header[2]} {header[0]}")
 
 
 def iter_npz_batches(path: str | Path, batch_size: int, key: str = "arr_0") -> Iterator[np.ndarray]:
@@ -79,6 +96,8 @@ def _read_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
 
 
 def npz_length(path: str | Path, key: str = "arr_0") -> int:
+    if key not in npz_keys(path):
+        raise ValueError(f"{path} has no {key!r} array (keys: {', '.join(npz_keys(path))})")
     with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
         header = _read_header(f)
     return int(header[0][0]) if header is not None else len(np.load(path)[key])
@@ -91,6 +110,7 @@ def compute_activations(path: str | Path, inception: torch.nn.Module, batch_size
 
     Spatial features (N, 2023) are reduced to float64 moments on the fly instead of being kept.
     """
+    check_image_npz(path)
     device = next(inception.parameters()).device
     pools, logits, spatial = [], [], None
     total = -(-npz_length(path) // batch_size)
@@ -191,6 +211,7 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
             raise ValueError(f"--{name} is required (an ADM .npz file)")
         if not Path(getattr(config, name)).is_file():
             raise FileNotFoundError(f"{name} file {getattr(config, name)} does not exist")
+    check_image_npz(config.samples)  # before the Inception loads (the reference is checked when it is read)
     weights = inception_weights_path(config.inception)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     inception = load_fid_inception(weights, device)
