@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,8 +109,28 @@ def model_config(name: str, **overrides: Any) -> tuple[Family, Any]:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)} for {name}; allowed: {', '.join(sorted(fields))}")
+    _check_types(family.config_cls, overrides, name)
     kwargs.update(overrides)
     return family, family.config_cls(**kwargs)
+
+
+def _check_types(config_cls: type, values: dict[str, Any], name: str) -> None:
+    """Refuse, naming the value, a JSON value of the wrong type (``"depth": "six"``, ``"depth": 1.5``), which
+    would otherwise fail deep inside the model's constructor (or not at all)."""
+    hints = typing.get_type_hints(config_cls)
+    for key, value in values.items():
+        allowed = typing.get_args(hints[key]) or (hints[key],)  # X | None -> (X, NoneType)
+        if not any(_fits(value, kind) for kind in allowed):
+            wanted = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
+            raise ValueError(f"{key}={value!r} for {name} must be {wanted}, not {type(value).__name__}")
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is type(None):
+        return value is None
+    if kind in (int, float) and isinstance(value, bool):  # JSON true is no number here
+        return False
+    return isinstance(value, (int, float) if kind is float else kind)
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
