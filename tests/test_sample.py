@@ -284,3 +284,12 @@ def test_one_channel_checkpoint_samples_as_gray_rgb(tmp_path):
     assert images.shape == (2, 8, 8, 3) and images.std() > 0
     assert np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2])
     assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / "000001.png")), images[1])
+
+
+def test_a_job_that_failed_before_its_first_chunk_can_be_rerun_with_other_settings(checkpoint, tmp_path):
+    with pytest.raises(ValueError):
+        run_sample(cfg(checkpoint, tmp_path / "s.npz", sampler_steps="ddimx"))  # refused only by the sampler
+    assert (tmp_path / "s.npz.parts" / "sample.json").is_file()
+    assert read(run_sample(cfg(checkpoint, tmp_path / "s.npz")))[0].shape == (5, 8, 8, 3)
+    with pytest.raises(ValueError, match="labels=7 is not a class of this model"):
+        run_sample(cfg(checkpoint, tmp_path / "t.npz", labels="7"))

@@ -175,7 +175,9 @@ def check_options_fit(model: nn.Module, objective: DiffusionConfig | FlowConfig,
     """Refuse sampling options that this model or objective would silently ignore or misapply."""
     flow = isinstance(objective, FlowConfig)
     kind = "a flow-matching" if flow else "a diffusion"
-    channels = model.config.in_channels
+    channels, classes = model.config.in_channels, model.config.num_classes
+    if config.labels.isdigit() and int(config.labels) >= classes:
+        raise ValueError(f"labels={config.labels} is not a class of this model (0..{classes - 1})")
     if config.guided_channels is not None and config.guided_channels > channels:
         raise ValueError(f"guided_channels={config.guided_channels} exceeds the model's {channels} channels")
     if not flow and config.cfg_interval is not None:
@@ -372,7 +374,10 @@ def run_sample(config: SampleConfig) -> Path:
     check_outputs(config)
     # Pinned by content, not path: a resumed job must use the same weights even if the file moved or was replaced.
     identity = {**config.identity(), "checkpoint_sha256": file_sha256(Path(config.checkpoint))}
-    check_or_write_identity(parts / "sample.json", identity, False, "a different sampling run")
+    # A folder without chunks holds no images to protect: a job refused earlier may be rerun with fixed settings.
+    fresh = not any(chunk_path(parts, c).is_file() for c in range(len(chunks)))
+    if not fresh:
+        check_or_write_identity(parts / "sample.json", identity, False, "a different sampling run")
     todo = [c for c in range(len(chunks)) if c % info.world_size == info.rank and not chunk_path(parts, c).is_file()]
     if todo:  # every check that needs the model, before the job is pinned: a refused option can then be fixed
         model, diffusion = load_sampling_model(config.checkpoint, config.model)
@@ -382,7 +387,11 @@ def run_sample(config: SampleConfig) -> Path:
         codec = load_codec(config.vae, model.config.in_channels, info.device, config.allow_download)
         check_codec_fits(codec, model, config)
     parts.mkdir(parents=True, exist_ok=True)
-    check_or_write_identity(parts / "sample.json", identity, info.is_main, "a different sampling run")
+    if fresh and info.is_main:
+        (parts / "sample.json").unlink(missing_ok=True)
+    if info.is_main or not fresh:
+        check_or_write_identity(parts / "sample.json", identity, info.is_main, "a different sampling run")
+    barrier()  # every rank decided `fresh` before any chunk of this job is written
     if todo:
         bar = tqdm(total=len(todo), disable=not (info.is_main and config.progress), desc="sample", unit="chunk",
                    dynamic_ncols=True)
