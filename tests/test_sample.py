@@ -217,11 +217,19 @@ def test_read_only_output_folder_is_refused_before_any_work(checkpoint, tmp_path
     (b"\x89PNG\r\n\x1a\n" + bytes(40), "neither a safetensors file nor a torch.save checkpoint"),
     (b"", "neither a safetensors file nor a torch.save checkpoint"),
     (None, "a zip file but not a torch.save checkpoint"),
+    ("truncated", r"damaged safetensors file \(\d+ bytes, its header says \d+\): truncated"),
+    ("bad header", r"damaged safetensors file \(its header is not valid\)"),
 ])
-def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path, content, message):
+def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path, checkpoint, content, message):
     path = tmp_path / "weights.pt"
     if content is None:
         np.savez(path.open("wb"), arr_0=np.zeros(3))
+    elif content == "truncated":
+        path.write_bytes(checkpoint.read_bytes()[:-10])
+    elif content == "bad header":
+        data = bytearray(checkpoint.read_bytes())
+        data[8:12] = b"{xx!"
+        path.write_bytes(bytes(data))
     else:
         path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
