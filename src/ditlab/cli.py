@@ -1,4 +1,4 @@
-"""The ``ditlab`` command: ``demo``, ``train``, ``extract-latents``, ``sample``, ``evaluate``, ``flops``.
+"""The ``ditlab`` command: ``demo``, ``train``, ``extract-latents``, ``sample``, ``evaluate``, ``flops``, ``convert``.
 
 Every failure caused by user input ends in one line, ``ditlab: error: ...``, naming the bad value and what
 is allowed; a traceback means a bug in ditlab.
@@ -16,7 +16,8 @@ from .cli_args import add_dataclass_flags, dataclass_overrides
 EPILOG_TRAIN = """examples:
   ditlab train --model DiT-S/2 --data digits --steps 2000 --run-dir runs/s2
   ditlab train --resume runs/s2 --steps 4000        # continue the same run to step 4000
-  ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --min-snr-gamma 5 --lr 5e-4 ...  # MDTv2 recipe
+  ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --max-grad-norm 1 --min-snr-gamma 5 --lr 5e-4 ...
+                                                    # MDTv2's recipe (official train_util.py: Adan, max_grad_norm=1)
   ditlab train --model DDT --objective flow --model-args '{"num_blocks": 6, "num_encoder_blocks": 4}' ...
   torchrun --standalone --nproc_per_node=8 -m ditlab train --model DiT-XL/2 ...   # DDP, one process per GPU
 """
@@ -35,9 +36,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # Nested config sections of TrainConfig and the flag prefix of each on the command line.
 def _train_sections():
-    from .models.repa import REPAConfig
     from .objectives import DiffusionConfig
     from .objectives.flow import FlowConfig
+    from .objectives.repa import REPAConfig
 
     return {"diffusion": (DiffusionConfig, ""), "flow": (FlowConfig, "flow_"), "repa": (REPAConfig, "repa_")}
 
@@ -129,6 +130,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_CONVERT = """examples:
+  ditlab convert DiT-XL-2-256x256.pt dit-xl2.safetensors             # official .pt -> ditlab
+  ditlab convert facebook/DiT-XL-2-256 dit-xl2.safetensors           # diffusers pipeline (Hub id or folder) -> ditlab
+  ditlab convert runs/x/checkpoints/step_0100000.safetensors my-dit --vae stabilityai/sd-vae-ft-ema  # -> DiTPipeline
+  ditlab convert mdt_xl2_v2_ckpt.pt mdtv2.safetensors --model MDTv2-XL/2
+"""
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .interop.convert import ConvertConfig, run_convert
+
+    config = ConvertConfig(**dataclass_overrides(args, ConvertConfig))  # the positionals are fields too
+    out, notes = run_convert(config)
+    print(f"converted {config.source} -> {out}")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoConfig
     from .train import TrainConfig
@@ -184,6 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--block", default=None, help="DiT conditioning block (adaLN-Zero, adaLN, cross-attention, "
                                                   "in-context)")
     fl.set_defaults(func=_cmd_flops)
+
+    from .interop.convert import ConvertConfig
+
+    co = sub.add_parser("convert", help="weights between official .pt/.ckpt, ditlab .safetensors and diffusers folders",
+                        description=__import__("ditlab.interop.convert", fromlist=["x"]).__doc__,
+                        epilog=EPILOG_CONVERT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    co.add_argument("source", help="official .pt/.ckpt, ditlab .safetensors, diffusers folder, or a Hub id")
+    co.add_argument("out", help="output: .safetensors (ditlab), .pt/.ckpt (official) or a folder (diffusers)")
+    add_dataclass_flags(co, ConvertConfig, skip=("source", "out"))
+    co.set_defaults(func=_cmd_convert)
     return parser
 
 

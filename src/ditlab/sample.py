@@ -40,7 +40,7 @@ PRECISIONS = ("fp32", "bf16")
 class SampleConfig:
     """Everything ``ditlab sample`` needs; the identity of a run (for resume) is all but the output flags."""
 
-    checkpoint: str = ""  # step_*.safetensors from `ditlab train`, or an official DiT .pt
+    checkpoint: str = ""  # step_*.safetensors of `ditlab train`, official DiT .pt, diffusers DiT folder, or Hub id
     model: str | None = None  # official .pt only: preset name (e.g. DiT-XL/2); None = read off the weights
     out: str = "samples/samples.npz"  # ADM .npz to write (arr_0 uint8 NHWC, arr_1 labels)
     num_images: int = 50000  # N (ADM/DiT FID: 50,000)
@@ -63,7 +63,7 @@ class SampleConfig:
     grid_size: int = 64  # images in the grid
     keep_parts: bool = False  # keep <out>.parts/ after packing the npz
     device: str | None = None  # "cpu" / "cuda"; None = CUDA when available
-    allow_download: bool = False  # let a hub-id VAE be downloaded when not cached
+    allow_download: bool = False  # let Hub ids (checkpoint, VAE) be downloaded when not cached
     progress: bool = True  # tqdm bar on rank 0
 
     def __post_init__(self) -> None:
@@ -140,13 +140,22 @@ def _check_safetensors_layout(path: Path, header: bytes, size: int) -> None:
                          f"header says {8 + size + end}): truncated or overwritten")
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 16 MiB blocks."""
+def weights_sha256(path: Path) -> str:
+    """Hex SHA-256 of a weights file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
     digest = hashlib.sha256()
+    if path.is_file():
+        _hash_file(digest, path)
+        return digest.hexdigest()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        _hash_file(digest, file)
+    return digest.hexdigest()
+
+
+def _hash_file(digest: Any, path: Path) -> None:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 24), b""):
             digest.update(block)
-    return digest.hexdigest()
 
 
 def _writable_folder(folder: Path, what: str) -> None:
@@ -228,15 +237,20 @@ def check_codec_fits(codec: Any, model: nn.Module, config: SampleConfig) -> None
 # Model and labels.
 
 
-def load_sampling_model(path: str | Path, model: str | None = None) -> tuple[nn.Module, DiffusionConfig | FlowConfig]:
+def load_sampling_model(path: str | Path, model: str | None = None,
+                        allow_download: bool = False) -> tuple[nn.Module, DiffusionConfig | FlowConfig]:
     """A backbone in eval mode and its objective config (diffusion, or flow for flow-matching runs), from our
-    checkpoint or an official DiT ``.pt``."""
+    checkpoint, an official DiT ``.pt`` or a diffusers DiT folder (each a local path or a Hub id)."""
     from .models.registry import model_from_config
     from .train.checkpoint import load_weights
+    from .utils.hub import resolve_weights
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = resolve_weights(path, "checkpoint", allow_download)
+    if path.is_dir():
+        from .interop.diffusers_dit import load_diffusers_dit
+
+        loaded = load_diffusers_dit(path)
+        return loaded.model, loaded.diffusion
     if checkpoint_format(path) == "safetensors":
         state, meta = load_weights(path)
         if "family" not in meta or "config" not in meta:
@@ -376,9 +390,11 @@ def run_sample(config: SampleConfig) -> Path:
 
     if not config.checkpoint:
         raise ValueError("--checkpoint is required (a step_*.safetensors or an official DiT .pt)")
-    if not Path(config.checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {config.checkpoint} does not exist")
-    checkpoint_format(Path(config.checkpoint))
+    from .utils.hub import resolve_weights
+
+    local = resolve_weights(config.checkpoint, "checkpoint", config.allow_download)  # fail before any work
+    if local.is_file():
+        checkpoint_format(local)
     info = init_distributed(config.device)
     out = Path(config.out)
     parts = parts_dir(out)
@@ -387,14 +403,14 @@ def run_sample(config: SampleConfig) -> Path:
         raise ValueError(f"{out} already exists (a finished run); remove it or choose another --out")
     check_outputs(config)
     # Pinned by content, not path: a resumed job must use the same weights even if the file moved or was replaced.
-    identity = {**config.identity(), "checkpoint_sha256": file_sha256(Path(config.checkpoint))}
+    identity = {**config.identity(), "checkpoint_sha256": weights_sha256(local)}
     # A folder without chunks holds no images to protect: a job refused earlier may be rerun with fixed settings.
     fresh = not any(chunk_path(parts, c).is_file() for c in range(len(chunks)))
     if not fresh:
         check_or_write_identity(parts / "sample.json", identity, False, "a different sampling run")
     todo = [c for c in range(len(chunks)) if c % info.world_size == info.rank and not chunk_path(parts, c).is_file()]
     if todo:  # every check that needs the model, before the job is pinned: a refused option can then be fixed
-        model, diffusion = load_sampling_model(config.checkpoint, config.model)
+        model, diffusion = load_sampling_model(config.checkpoint, config.model, config.allow_download)
         check_options_fit(model, diffusion, config)
         check_finite_weights(model, config.checkpoint)
         model = prepare_for_speed(model.to(info.device), config)
