@@ -301,3 +301,18 @@ def test_a_job_that_failed_before_its_first_chunk_can_be_rerun_with_other_settin
     assert read(run_sample(cfg(checkpoint, tmp_path / "s.npz")))[0].shape == (5, 8, 8, 3)
     with pytest.raises(ValueError, match="labels=7 is not a class of this model"):
         run_sample(cfg(checkpoint, tmp_path / "t.npz", labels="7"))
+
+
+def test_a_checkpoint_folder_is_pinned_by_the_bytes_and_names_of_its_files(tmp_path):
+    from ditlab.sample import weights_sha256
+
+    for name in ("a", "b"):
+        (tmp_path / name / "transformer").mkdir(parents=True)
+        (tmp_path / name / "transformer" / "config.json").write_text("{}")
+        (tmp_path / name / "transformer" / "model.safetensors").write_bytes(b"weights")
+    assert weights_sha256(tmp_path / "a") == weights_sha256(tmp_path / "b")  # moved or copied: the same job
+    (tmp_path / "b" / "transformer" / "model.safetensors").write_bytes(b"weightz")
+    assert weights_sha256(tmp_path / "a") != weights_sha256(tmp_path / "b")
+    (tmp_path / "b" / "transformer" / "model.safetensors").rename(tmp_path / "b" / "transformer" / "other")
+    (tmp_path / "b" / "transformer" / "other").write_bytes(b"weights")
+    assert weights_sha256(tmp_path / "a") != weights_sha256(tmp_path / "b")  # same bytes under another name
