@@ -100,7 +100,7 @@ def test_images_data_source_flips_reproducibly_per_step(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# Issue 14: 16-bit and float images, symbolic links, empty classes, the bad-image hint.
+# Issue 14: 16-bit and float images, symbolic links, empty classes.
 
 
 def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
@@ -153,10 +153,3 @@ def test_empty_class_folder_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match="class folder\\(s\\) without images: bee; each sub-folder is a class"):
         ImageFolder(root, 8)
 
-
-def test_bad_image_error_suggests_no_flag(tmp_path):
-    root = make_folder(tmp_path / "d")
-    (root / "ant" / "notes.txt").write_text("not an image")
-    with pytest.raises(BadImageError) as err:
-        ImageFolder(root, 8).load(3)
-    assert "notes.txt" in str(err.value) and "--" not in str(err.value)

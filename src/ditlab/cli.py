@@ -90,7 +90,6 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract_latents(args: argparse.Namespace) -> int:
-    from .data.images import BadImageError
     from .data.latents import ExtractConfig, run_extract
     from .utils.distributed import shutdown
 
@@ -99,8 +98,6 @@ def _cmd_extract_latents(args: argparse.Namespace) -> int:
         raise ValueError("--data is required (an image folder root/<class>/<image>)")
     try:
         index = run_extract(config)
-    except BadImageError as err:  # the reader names the file; only this command can skip it
-        raise BadImageError(f"{err}, or pass --skip-bad to skip unreadable files") from None
     finally:
         shutdown()
     print(f"latents written; index {index}")

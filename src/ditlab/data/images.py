@@ -123,8 +123,9 @@ def to_rgb(image: Image.Image, path: Path) -> Image.Image:
         return image.convert("RGB")
     values = np.asarray(image, dtype=np.float64)
     if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= high):
-        raise BadImageError(f"{path}: {what} pixels ({image.mode}) outside 0..{high:g} (found "
-                            f"{values.min():g}..{values.max():g}); ditlab reads {what} images as 0..{high:g}")
+        raise BadImageError(f"{path}: {what} pixels ({image.mode}) outside 0..{high:g} (found {values.min():g}.."
+                            f"{values.max():g}); ditlab reads {what} images as 0..{high:g}; convert it, or pass "
+                            f"--skip-bad")
     gray = np.round(values * (255 / high)).astype(np.uint8)
     return Image.fromarray(gray, mode="L").convert("RGB")
 
@@ -143,7 +144,7 @@ def decode_rgb(path: Path) -> Image.Image:
     except BadImageError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise BadImageError(f"{path}: not a readable image ({err}); fix or remove it") from err
+        raise BadImageError(f"{path}: not a readable image ({err}); fix or remove it, or pass --skip-bad") from err
 
 
 class ImageFolder:

@@ -114,23 +114,22 @@ def model_config(name: str, **overrides: Any) -> tuple[Family, Any]:
     return family, family.config_cls(**kwargs)
 
 
-def _check_types(config_cls: type, values: dict[str, Any], name: str) -> None:
-    """Refuse, naming the value, a JSON value of the wrong type (``"depth": "six"``, ``"depth": 1.5``), which
-    would otherwise fail deep inside the model's constructor (or not at all)."""
+def _check_types(config_cls: type, overrides: dict[str, Any], name: str) -> None:
+    """Refuse an override of the wrong type (``{"depth": "4"}``) in one line, before the model is built."""
     hints = typing.get_type_hints(config_cls)
-    for key, value in values.items():
-        allowed = typing.get_args(hints[key]) or (hints[key],)  # X | None -> (X, NoneType)
-        if not any(_fits(value, kind) for kind in allowed):
-            wanted = " or ".join("null" if k is type(None) else k.__name__ for k in allowed)
-            raise ValueError(f"{key}={value!r} for {name} must be {wanted}, not {type(value).__name__}")
+    for key, value in overrides.items():
+        options = typing.get_args(hints[key]) or (hints[key],)  # float | None -> (float, NoneType)
+        if not any(_is_a(value, kind) for kind in options):
+            wanted = " or ".join("null" if kind is type(None) else kind.__name__ for kind in options)
+            raise ValueError(f"{name} argument {key}={value!r} must be {wanted}, not {type(value).__name__}")
 
 
-def _fits(value: Any, kind: type) -> bool:
+def _is_a(value: Any, kind: type) -> bool:
     if kind is type(None):
         return value is None
-    if kind in (int, float) and isinstance(value, bool):  # JSON true is no number here
-        return False
-    return isinstance(value, (int, float) if kind is float else kind)
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:
