@@ -254,7 +254,7 @@ def test_resume_pins_the_checkpoint_by_content_not_path(checkpoint, tmp_path, mo
 
 def test_options_that_do_not_apply_to_the_model_are_refused(checkpoint, tmp_path):
     cases = [(dict(guided_channels=4), "guided_channels=4 exceeds the model's 3 channels"),
-             (dict(share="uniform:2"), "share applies to flow-matching models"),
+             (dict(share="uniform:2"), "share needs a model with an encoder/decoder split \\(DDT\\); DiT has none"),
              (dict(cfg_interval=(0.3, 1.0)), "cfg_interval applies to flow-matching models"),
              (dict(eta=0.5, sampler_steps="4"), "eta=0.5 applies to DDIM only")]
     for change, message in cases:

@@ -21,19 +21,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import sample_checks as checks
 from .imageio import make_grid, to_uint8
 from .models.layers import ATTENTION_BACKENDS, set_attention_backend
 from .objectives import DiffusionConfig
 from .objectives.flow import FlowConfig
-from .sample_checks import (
-    check_codec_fits,
-    check_finite_images,
-    check_finite_weights,
-    check_options_fit,
-    check_outputs,
-    checkpoint_format,
-    weights_sha256,
-)
 from .sampling.generate import generate_latents
 from .utils.files import atomic_write, check_or_write_identity
 
@@ -126,7 +118,7 @@ def load_sampling_model(path: str | Path, model: str | None = None,
 
         loaded = load_diffusers_dit(path)
         return loaded.model, loaded.diffusion
-    if checkpoint_format(path) == "safetensors":
+    if checks.checkpoint_format(path) == "safetensors":
         state, meta = load_weights(path)
         if "family" not in meta or "config" not in meta:
             raise ValueError(f"{path} has no family/config metadata; is it a `ditlab train` checkpoint?")
@@ -191,7 +183,7 @@ def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, code
                                    cfg_power=config.cfg_power,
                                    seeds=[config.seed + i for i in indices])
     images = codec.decode(latents.float())
-    check_finite_images(images, config, indices)
+    checks.check_finite_images(images, config, indices)
     if images.shape[1] == 1:  # grayscale (the digits): repeated to RGB, as ADM's npz and Inception need
         images = images.expand(-1, 3, -1, -1)
     if images.shape[1] != 3:
@@ -261,16 +253,16 @@ def run_sample(config: SampleConfig) -> Path:
 
     local = resolve_weights(config.checkpoint, "checkpoint", config.allow_download)  # fail before any work
     if local.is_file():
-        checkpoint_format(local)
+        checks.checkpoint_format(local)
     info = init_distributed(config.device)
     out = Path(config.out)
     parts = parts_dir(out)
     chunks = chunk_ranges(config.num_images, config.batch_size)
     if out.is_file() and not parts.exists():
         raise ValueError(f"{out} already exists (a finished run); remove it or choose another --out")
-    check_outputs(config)
+    checks.check_outputs(config)
     # Pinned by content, not path: a resumed job must use the same weights even if the file moved or was replaced.
-    identity = {**config.identity(), "checkpoint_sha256": weights_sha256(local)}
+    identity = {**config.identity(), "checkpoint_sha256": checks.weights_sha256(local)}
     # A folder without chunks holds no images to protect: a job refused earlier may be rerun with fixed settings.
     fresh = not any(chunk_path(parts, c).is_file() for c in range(len(chunks)))
     if not fresh:
@@ -278,11 +270,11 @@ def run_sample(config: SampleConfig) -> Path:
     todo = [c for c in range(len(chunks)) if c % info.world_size == info.rank and not chunk_path(parts, c).is_file()]
     if todo:  # every check that needs the model, before the job is pinned: a refused option can then be fixed
         model, diffusion = load_sampling_model(config.checkpoint, config.model, config.allow_download)
-        check_options_fit(model, diffusion, config)
-        check_finite_weights(model, config.checkpoint)
+        checks.check_options_fit(model, diffusion, config)
+        checks.check_finite_weights(model, config.checkpoint)
         model = prepare_for_speed(model.to(info.device), config)
         codec = load_codec(config.vae, model.config.in_channels, info.device, config.allow_download)
-        check_codec_fits(codec, model, config)
+        checks.check_codec_fits(codec, model, config)
     parts.mkdir(parents=True, exist_ok=True)
     if fresh and info.is_main:
         (parts / "sample.json").unlink(missing_ok=True)

@@ -125,14 +125,11 @@ def check_options_fit(model: nn.Module, objective: DiffusionConfig | FlowConfig,
         raise ValueError(f"cfg_interval applies to flow-matching models; {config.checkpoint} is {kind} model")
     if flow and config.cfg_power is not None:
         raise ValueError(f"cfg_power applies to diffusion models; {config.checkpoint} is {kind} model")
-    if config.eta != 0 and (flow or not config.sampler_steps.startswith("ddim")):
+    if config.eta != 0 and (flow or not config.sampler_steps.strip().lower().startswith("ddim")):
         raise ValueError(f"eta={config.eta} applies to DDIM only (sampler_steps='ddimN' on a diffusion model)")
-    if config.share is not None and config.share.strip().lower() not in ("", "none"):
-        if not flow:
-            raise ValueError(f"share applies to flow-matching models; {config.checkpoint} is {kind} model")
-        if not (hasattr(model, "encode") and hasattr(model, "decode")):
-            raise ValueError(f"share needs a model with an encoder/decoder split (DDT); "
-                             f"{type(model).__name__} has none")
+    sharing = config.share is not None and config.share.strip().lower() not in ("", "none")
+    if sharing and not (hasattr(model, "encode") and hasattr(model, "decode")):
+        raise ValueError(f"share needs a model with an encoder/decoder split (DDT); {type(model).__name__} has none")
 
 
 def check_finite_weights(model: nn.Module, checkpoint: str) -> None:
