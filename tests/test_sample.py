@@ -217,8 +217,8 @@ def test_read_only_output_folder_is_refused_before_any_work(checkpoint, tmp_path
     (b"\x89PNG\r\n\x1a\n" + bytes(40), "neither a safetensors file nor a torch.save checkpoint"),
     (b"", "neither a safetensors file nor a torch.save checkpoint"),
     (None, "a zip file but not a torch.save checkpoint"),
-    ("truncated", r"damaged safetensors file \(\d+ bytes, its header says \d+\): truncated"),
-    ("bad header", r"damaged safetensors file \(its header is not valid\)"),
+    ("truncated", r"weights.pt is not a readable safetensors file"),
+    ("bad header", r"weights.pt is not a readable safetensors file"),
 ])
 def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path, checkpoint, content, message):
     path = tmp_path / "weights.pt"

@@ -8,7 +8,6 @@ one the model uses, the weights finite; a resumed job is pinned to the checkpoin
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -32,8 +31,7 @@ def checkpoint_format(path: Path) -> str:
         head = f.read(8)
         size = int.from_bytes(head, "little") if len(head) == 8 else 0
         if 1 < size <= os.path.getsize(path) - 8 and f.read(1) == b"{":  # safetensors: u64 header size + JSON
-            _check_safetensors_layout(path, b"{" + f.read(size - 1), size)
-            return "safetensors"
+            return "safetensors"  # damaged inside: load_weights names it
     if head.startswith(b"\x80"):  # the pickle protocol byte of torch's legacy format
         return "torch"
     if zipfile.is_zipfile(path):
@@ -44,18 +42,6 @@ def checkpoint_format(path: Path) -> str:
                          f"expected a step_*.safetensors from `ditlab train` or an official DiT .pt")
     raise ValueError(f"checkpoint {path} is neither a safetensors file nor a torch.save checkpoint; "
                      f"expected a step_*.safetensors from `ditlab train` or an official DiT .pt")
-
-
-def _check_safetensors_layout(path: Path, header: bytes, size: int) -> None:
-    """A safetensors header that is JSON and whose tensors end exactly at the end of the file (not truncated)."""
-    try:
-        entries = json.loads(header)
-        end = max((int(v["data_offsets"][1]) for k, v in entries.items() if k != "__metadata__"), default=0)
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-        raise ValueError(f"checkpoint {path} is a damaged safetensors file (its header is not valid)") from None
-    if 8 + size + end != os.path.getsize(path):
-        raise ValueError(f"checkpoint {path} is a damaged safetensors file ({os.path.getsize(path)} bytes, its "
-                         f"header says {8 + size + end}): truncated or overwritten")
 
 
 def weights_sha256(path: Path) -> str:
