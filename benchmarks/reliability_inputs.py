@@ -1,7 +1,8 @@
 """Bad input to `ditlab sample`, `evaluate`, the image reader and `--model-args` (issue 14); CPU, about a minute.
 
 Each case runs the command line in this process (``ditlab.cli.main``) inside a fresh folder of damaged files made
-here with numpy, Pillow and torch. A case is one of two kinds:
+here with numpy, Pillow and torch (``evaluate`` with a stand-in Inception: the sample files are what is tested).
+A case is one of two kinds:
 
 - refuse: held = exit code 2, exactly one ``ditlab: error:`` line on stderr, no traceback, and no ``.npz`` written;
 - accept (inputs that used to be read wrongly): held = exit code 0 and the result checked (16-bit and float images
@@ -78,14 +79,14 @@ def make_files() -> None:
         np.savez(f, arr_0=np.zeros(3))
     Path("adir").mkdir()
     with open("ref.npz", "wb") as f:
-        np.savez(f, np.zeros((4, 8, 8, 3), np.uint8))
+        np.savez(f, np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8))
     with open("noarr0.npz", "wb") as f:
-        np.savez(f, images=np.zeros((2, 8, 8, 3), np.uint8))
+        np.savez(f, images=np.zeros((6, 8, 8, 3), np.uint8))
     with open("float.npz", "wb") as f:
-        np.savez(f, np.zeros((2, 8, 8, 3), np.float32))
+        np.savez(f, np.random.default_rng(1).random((6, 8, 8, 3), np.float32))
     with open("gray.npz", "wb") as f:
-        np.savez(f, np.zeros((2, 8, 8), np.uint8))
-    np.save("plain.npy", np.zeros((2, 8, 8, 3), np.uint8))
+        np.savez(f, np.zeros((6, 8, 8), np.uint8))
+    np.save("plain.npy", np.zeros((6, 8, 8, 3), np.uint8))
     Path("plain.npy").rename("plain.npz")
     Path("notzip.npz").write_text("hello")
     Path("emptyf.npz").write_bytes(b"")
@@ -131,7 +132,8 @@ REFUSE = [[*SAMPLE, "--checkpoint", "good.safetensors", *extra] for extra in (
 REFUSE += [[*SAMPLE, "--checkpoint", name] for name in (
     "nan.safetensors", "huge.safetensors", "empty.safetensors", "trunc.safetensors", "garbage.safetensors",
     "badjson.safetensors", "photo.png", "photo.jpg", "notes.txt", "arr.npz", "adir")]
-REFUSE += [["evaluate", "--samples", f"{name}.npz", "--reference", "ref.npz", "--inception", "ref.npz"]
+REFUSE += [["evaluate", "--samples", f"{name}.npz", "--reference", "ref.npz", "--inception", "ref.npz", "--progress",
+            "false"]
            for name in ("noarr0", "notzip", "plain", "float", "gray", "emptyf", "truncz")]
 REFUSE += [["train", "--run-dir", "w/run", "--steps", "1", "--model-args", '{"depth": "six"}'],
            ["train", "--run-dir", "w/run", "--steps", "1", "--model-args", '{"learn_sigma": 1}'],
@@ -154,6 +156,24 @@ def _shown(argv: list[str]) -> str:
     return " ".join(argv)
 
 
+class StandInInception(torch.nn.Module):
+    """Six random features of 8x8 images: enough for ``evaluate`` to read the reference; the cases are the samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(8 * 8 * 3, 6, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = images.float().flatten(1) / 255 @ self.w
+        return {"pool": x, "spatial": x[:, :3], "logits": x[:, :5]}
+
+
+def stub_inception() -> None:
+    import ditlab.eval.inception as inception_mod
+
+    inception_mod.load_fid_inception = lambda *args, **kwargs: StandInInception()
+
+
 def run_case(argv: list[str]) -> tuple[int | str, list[str]]:
     """(exit code, or the escaping exception's name; stderr lines other than warnings)."""
     err = io.StringIO()
@@ -174,6 +194,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # contextlib.chdir needs Python 3.11
         make_files()
+        stub_inception()
         cases = [(argv, None) for argv in REFUSE] + ACCEPT
         for argv, check in cases:
             Path("w").mkdir()

@@ -152,28 +152,3 @@ def test_evaluate_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert main(["evaluate", "--samples", str(tmp_path / "none.npz"), "--reference", str(path)]) == 2
     assert "does not exist" in capsys.readouterr().err
 
-
-def test_npz_that_is_no_image_batch_is_one_line_before_the_inception_loads(tmp_path, monkeypatch, capsys):
-    import ditlab.eval.inception as inception_mod
-    from ditlab.cli import main
-
-    monkeypatch.setattr(inception_mod, "load_fid_inception", lambda *a: pytest.fail("loaded the Inception first"))
-    good = write_npz(tmp_path / "good.npz", np.zeros((4, 4, 4, 3), np.uint8))
-    (tmp_path / "text.npz").write_text("not a zip")
-    np.save(tmp_path / "plain.npy", np.zeros((4, 4, 4, 3), np.uint8))
-    (tmp_path / "plain.npy").rename(tmp_path / "plain.npz")
-    with open(tmp_path / "named.npz", "wb") as f:
-        np.savez(f, images=np.zeros((4, 4, 4, 3), np.uint8))
-    with open(tmp_path / "float.npz", "wb") as f:
-        np.savez(f, np.zeros((4, 4, 4, 3), np.float32))
-    cases = {"text.npz": "text.npz is not an .npz file (not a zip archive)",
-             "plain.npz": "plain.npz is not an .npz file (not a zip archive)",
-             "named.npz": "named.npz has no 'arr_0' array (keys: images)",
-             "float.npz": "float.npz: arr_0 must be uint8 (N, H, W, 3) images, got float32 (4, 4, 4, 3)"}
-    for name, message in cases.items():
-        argv = ["evaluate", "--samples", str(tmp_path / name), "--reference", str(good), "--inception", str(good)]
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and message in err[0], err
-    with pytest.raises(ValueError, match="named.npz has no 'arr_0'"):
-        npz_length(tmp_path / "named.npz")

@@ -172,7 +172,7 @@ def prepare_for_speed(model: nn.Module, config: SampleConfig) -> nn.Module:
 
 def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, codec: Any, config: SampleConfig,
                  indices: range) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (n, H, W, 3) images and labels of one chunk."""
+    """uint8 (n, H, W, 3) images (grayscale repeated to RGB) and labels of one chunk."""
     labels = labels_for(indices, config.labels, model.config.num_classes, config.seed)
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
@@ -183,11 +183,11 @@ def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, code
                                    cfg_power=config.cfg_power,
                                    seeds=[config.seed + i for i in indices])
     images = codec.decode(latents.float())
-    checks.check_finite_images(images, config, indices)
-    if images.shape[1] == 1:  # grayscale (the digits): repeated to RGB, as ADM's npz and Inception need
+    if images.shape[1] == 1:  # grayscale (MNIST-style pixel models): repeated to RGB, as ADM's npz and Inception need
         images = images.expand(-1, 3, -1, -1)
     if images.shape[1] != 3:
         raise ValueError(f"decoded images have {images.shape[1]} channels; ADM npz needs RGB (check --vae)")
+    checks.check_finite_images(images, config, indices)
     return to_uint8(images), labels.numpy()
 
 

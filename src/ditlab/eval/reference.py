@@ -69,8 +69,11 @@ def check_image_npz(path: str | Path) -> None:
 
 
 def iter_npz_batches(path: str | Path, batch_size: int, key: str = "arr_0") -> Iterator[np.ndarray]:
-    """Batches of ``key`` read sequentially from the npz without loading the whole array."""
-    if key not in npz_keys(path):
+    """Batches of ``key`` read sequentially from the npz without loading the whole array; ``arr_0`` must hold
+    ADM's uint8 (N, H, W, 3) images (float or gray arrays would be fed to the Inception as if they were)."""
+    if key == "arr_0":
+        check_image_npz(path)
+    elif key not in npz_keys(path):
         raise ValueError(f"{path} has no {key!r} array (keys: {', '.join(npz_keys(path))})")
     with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
         header = _read_header(f)
@@ -110,7 +113,6 @@ def compute_activations(path: str | Path, inception: torch.nn.Module, batch_size
 
     Spatial features (N, 2023) are reduced to float64 moments on the fly instead of being kept.
     """
-    check_image_npz(path)
     device = next(inception.parameters()).device
     pools, logits, spatial = [], [], None
     total = -(-npz_length(path) // batch_size)
@@ -211,7 +213,6 @@ def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
             raise ValueError(f"--{name} is required (an ADM .npz file)")
         if not Path(getattr(config, name)).is_file():
             raise FileNotFoundError(f"{name} file {getattr(config, name)} does not exist")
-    check_image_npz(config.samples)  # before the Inception loads (the reference is checked when it is read)
     weights = inception_weights_path(config.inception)
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     inception = load_fid_inception(weights, device)
