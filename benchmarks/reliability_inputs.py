@@ -159,9 +159,12 @@ def _shown(argv: list[str]) -> str:
 class StandInInception(torch.nn.Module):
     """Six random features of 8x8 images: enough for ``evaluate`` to read the reference; the cases are the samples."""
 
-    def __init__(self) -> None:
+    has_logits = True
+
+    def __init__(self, weights_file: str) -> None:
         super().__init__()
         self.w = torch.nn.Parameter(torch.randn(8 * 8 * 3, 6, generator=torch.Generator().manual_seed(0)))
+        self.weights_file = weights_file
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = images.float().flatten(1) / 255 @ self.w
@@ -169,9 +172,10 @@ class StandInInception(torch.nn.Module):
 
 
 def stub_inception() -> None:
-    import ditlab.eval.inception as inception_mod
+    import ditlab.eval.score as score
 
-    inception_mod.load_fid_inception = lambda *args, **kwargs: StandInInception()
+    score.load_fid_inception = lambda path, *args, **kwargs: StandInInception(str(path))
+    score.cached_inception.cache_clear()
 
 
 def run_case(argv: list[str]) -> tuple[int | str, list[str]]:

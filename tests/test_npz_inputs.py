@@ -1,4 +1,4 @@
-"""ADM .npz files that are no image batch (issue 14): one line naming the file, never a traceback."""
+"""ADM .npz files that are no zip or lack arr_0 (issue 14): one line naming the file, never a traceback."""
 
 from __future__ import annotations
 
@@ -16,10 +16,6 @@ def files(tmp_path):
     (tmp_path / "plain.npy").rename(tmp_path / "plain.npz")
     with open(tmp_path / "named.npz", "wb") as f:
         np.savez(f, images=np.zeros((4, 4, 4, 3), np.uint8))
-    with open(tmp_path / "float.npz", "wb") as f:
-        np.savez(f, np.zeros((4, 4, 4, 3), np.float32))
-    with open(tmp_path / "gray.npz", "wb") as f:
-        np.savez(f, np.zeros((4, 4, 4), np.uint8))
     write_npz(tmp_path / "good.npz", np.zeros((4, 4, 4, 3), np.uint8))
     return tmp_path
 
@@ -29,12 +25,10 @@ def files(tmp_path):
     ("empty.npz", "empty.npz is not an .npz file (not a zip archive)"),
     ("plain.npz", "plain.npz is not an .npz file (not a zip archive)"),
     ("named.npz", "named.npz has no 'arr_0' array (keys: images)"),
-    ("float.npz", "float.npz: arr_0 must be uint8 (N, H, W, 3) images, got float32 (4, 4, 4, 3)"),
-    ("gray.npz", "gray.npz: arr_0 must be uint8 (N, H, W, 3) images, got uint8 (4, 4, 4)"),
 ])
 def test_a_file_that_is_no_image_batch_is_one_line(files, name, message):
-    with pytest.raises(ValueError) as err:
-        npz_length(files / name)
-        next(iter_npz_batches(files / name, 2))
-    assert message in str(err.value) and "\n" not in str(err.value)
+    for read in (npz_length, lambda path: next(iter_npz_batches(path, 2))):
+        with pytest.raises(ValueError) as err:
+            read(files / name)
+        assert message in str(err.value) and "\n" not in str(err.value)
     assert npz_keys(files / "good.npz") == ["arr_0"] and next(iter_npz_batches(files / "good.npz", 2)).shape[0] == 2

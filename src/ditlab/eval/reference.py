@@ -53,26 +53,9 @@ def npz_keys(path: str | Path) -> list[str]:
         raise ValueError(f"{path} is not an .npz file (not a zip archive); expected an ADM batch with arr_0") from None
 
 
-def check_image_npz(path: str | Path) -> None:
-    """Refuse, in one line, an .npz that is no ADM image batch: no ``arr_0``, or not uint8 (N, H, W, 3)."""
-    keys = npz_keys(path)
-    if "arr_0" not in keys:
-        raise ValueError(f"{path} has no 'arr_0' array (keys: {', '.join(keys) or 'none'}); expected an ADM batch")
-    try:
-        with zipfile.ZipFile(path) as z, z.open("arr_0.npy") as f:
-            header = _read_header(f)
-    except (zipfile.BadZipFile, ValueError, OSError) as err:
-        raise ValueError(f"{path}: arr_0 cannot be read ({err})") from None
-    if header is not None and (header[2] != np.uint8 or len(header[0]) != 4 or header[0][-1] != 3):
-        raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3) images, got {header[2]} {header[0]}")
-
-
 def iter_npz_batches(path: str | Path, batch_size: int, key: str = "arr_0") -> Iterator[np.ndarray]:
-    """Batches of ``key`` read sequentially from the npz without loading the whole array; ``arr_0`` must hold
-    ADM's uint8 (N, H, W, 3) images (float or gray arrays would be fed to the Inception as if they were)."""
-    if key == "arr_0":
-        check_image_npz(path)
-    elif key not in npz_keys(path):
+    """Batches of ``key`` read sequentially from the npz without loading the whole array."""
+    if key not in npz_keys(path):
         raise ValueError(f"{path} has no {key!r} array (keys: {', '.join(npz_keys(path))})")
     with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
         header = _read_header(f)
