@@ -46,8 +46,11 @@ def npz_keys(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file {path} does not exist")
-    with zipfile.ZipFile(path) as z:
-        return [n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")]
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")]
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path} is not an .npz file (not a zip archive); expected an ADM batch with arr_0") from None
 
 
 def iter_npz_batches(path: str | Path, batch_size: int, key: str = "arr_0") -> Iterator[np.ndarray]:
@@ -78,6 +81,8 @@ def _read_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
 
 
 def npz_length(path: str | Path, key: str = "arr_0") -> int:
+    if key not in npz_keys(path):
+        raise ValueError(f"{path} has no {key!r} array (keys: {', '.join(npz_keys(path))})")
     with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
         header = _read_header(f)
     return int(header[0][0]) if header is not None else len(np.load(path)[key])

@@ -26,7 +26,7 @@ class TrainConfig:
     run_dir: str = "runs/train"  # folder for config.json, metrics.jsonl, tb/, checkpoints/, samples/
     model: str = "DiT-S/2"  # preset or family name from the registry
     model_args: dict[str, Any] = field(default_factory=dict)  # official-name overrides, e.g. {"depth": 6}
-    data: str = "digits"  # digits, fashion-mnist[:DIR], mnist:DIR (+ :train/:test, :N), images:DIR, latents:DIR
+    data: str = "digits"  # "digits", "fashion-mnist[:DIR]", "mnist:DIR" (:train/:test, :N), "images:DIR", "latents:DIR"
     image_size: int | None = None  # pixel side for the model; None = the data's (32 for (fashion-)mnist, else 16)
     image_fit: str = "pad"  # 28x28 (fashion-)mnist to image_size: "pad" (zero border) or "resize" (bilinear)
     objective: str = "diffusion"  # training objective; see ditlab.train.objective.OBJECTIVES
