@@ -16,10 +16,9 @@ from ditlab.models.repa import (
     match_token_count,
 )
 from ditlab.objectives.flow import FlowConfig, FlowMatching
-from ditlab.sampling.generate import flow_sampler_from_steps, generate_flow_latents, generate_latents
+from ditlab.sampling import Euler, Guidance, Heun, generate_latents, parse_sampler
 from ditlab.sampling.guidance import CFGConfig, classifier_free_guidance
 from ditlab.sampling.ode import (
-    FlowSamplerConfig,
     guidance_interval,
     sample_euler,
     sample_euler_maruyama,
@@ -93,12 +92,12 @@ def test_dit_trains_under_flow_matching_sit():
 def test_bad_flow_settings_are_one_line_errors():
     with pytest.raises(ValueError, match="t_sampling='normal' is not one of uniform, logit-normal"):
         FlowConfig(t_sampling="normal")
-    with pytest.raises(ValueError, match="method='rk4' is not one of euler, heun, sde"):
-        FlowSamplerConfig(method="rk4")
+    with pytest.raises(ValueError, match="bad sampler 'rk4' for a flow-matching model; expected N, eulerN"):
+        parse_sampler("rk4", FlowConfig())
     with pytest.raises(ValueError, match="last_step=0.0 must be in"):
-        FlowSamplerConfig(last_step=0.0)
-    with pytest.raises(ValueError, match="bad flow sampler 'dpm20'"):
-        flow_sampler_from_steps("dpm20")
+        Euler(last_step=0.0)
+    with pytest.raises(ValueError, match="bad sampler 'dpm20'"):
+        parse_sampler("dpm20", FlowConfig())
 
 
 # ----------------------------------------------------------------------------
@@ -185,14 +184,14 @@ def test_generate_latents_flow_branch_is_seeded_and_guided():
     model = ditlab.create_model("DDT", **TINY_DDT)
     for p in model.final_layer.parameters():
         p.data.normal_(std=0.05)
-    labels = torch.tensor([1, 2])
-    a = generate_latents(model, FlowConfig(), labels, sampler_steps="euler4", cfg_scale=2.0, cfg_interval=(0.3, 1.0))
-    b = generate_latents(model, FlowConfig(), labels, sampler_steps="ddim4", cfg_scale=2.0, cfg_interval=(0.3, 1.0))
+    labels, guided = torch.tensor([1, 2]), Guidance(2.0, interval=(0.3, 1.0))
+    a = generate_latents(model, FlowConfig(), labels, parse_sampler("euler4", FlowConfig()), guidance=guided)
+    b = generate_latents(model, FlowConfig(), labels, parse_sampler("ddim4", FlowConfig()), guidance=guided)
     assert torch.equal(a, b)  # "ddimN" means the deterministic Euler ODE for flow
-    plain = generate_latents(model, FlowConfig(), labels, sampler_steps="4")
+    plain = generate_latents(model, FlowConfig(), labels, parse_sampler("4", FlowConfig()))
     assert not torch.allclose(a, plain)
-    heun, _ = generate_flow_latents(model, FlowConfig(), labels, sampler=FlowSamplerConfig("heun", 3), seeds=[0, 1])
-    alone, _ = generate_flow_latents(model, FlowConfig(), labels[1:], sampler=FlowSamplerConfig("heun", 3), seeds=[1])
+    heun = generate_latents(model, FlowConfig(), labels, Heun(3), seeds=[0, 1])
+    alone = generate_latents(model, FlowConfig(), labels[1:], Heun(3), seeds=[1])
     torch.testing.assert_close(heun[1:], alone)  # seed per image: batch composition does not matter
 
 

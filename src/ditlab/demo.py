@@ -21,7 +21,7 @@ from .eval.digits_classifier import fit_digits_classifier
 from .imageio import save_grid
 from .models.registry import create_model, model_config
 from .objectives import DiffusionConfig
-from .sampling.generate import generate
+from .sampling import Guidance, generate, parse_sampler
 from .train import TrainConfig, train
 from .train.checkpoint import load_weights
 from .train.objective import sampling_config
@@ -51,7 +51,7 @@ class DemoConfig:
     lr: float = 1e-3  # AdamW learning rate (higher than DiT's 1e-4: tiny model, short run)
     warmup_steps: int = 100  # linear learning-rate warm-up
     ema_decay: float = 0.999  # EMA decay, with warm-up
-    sampler_steps: str = "ddim50"  # sampling respacing: "ddimN" (DDIM) or "N" (ancestral DDPM)
+    sampler_steps: str = "ddim50"  # "ddimN" (DDIM; the Euler ODE for flow) or "N" (DDPM), as `ditlab sample`
     cfg_scale: float = 5.0  # classifier-free guidance scale for the samples
     samples_per_class: int = 50  # samples graded per class (the grid shows the first 10 of each)
     seed: int = 0
@@ -100,8 +100,8 @@ def sample_and_grade(model: torch.nn.Module, cfg: DemoConfig, run_dir: Path) -> 
     """Sample ``samples_per_class`` images per class, save the 10x10 grid, and grade every sample."""
     labels = torch.arange(10).repeat_interleave(cfg.samples_per_class)
     process = sampling_config(demo_train_config(cfg))  # the diffusion or flow settings the model trained under
-    images = generate(model, process, labels, sampler_steps=cfg.sampler_steps, cfg_scale=cfg.cfg_scale,
-                      seed=cfg.seed, progress=cfg.progress)
+    images = generate(model, process, labels, parse_sampler(cfg.sampler_steps, process),
+                      guidance=Guidance(cfg.cfg_scale), seed=cfg.seed, progress=cfg.progress)
     per_class = images.reshape(10, cfg.samples_per_class, *images.shape[1:])
     grid_path = save_grid(per_class[:, :10].reshape(-1, *images.shape[1:]), run_dir / "samples.png", nrow=10,
                           scale=4)

@@ -279,12 +279,13 @@ def _wants_grid(config: TrainConfig, done: int) -> bool:
 def _save_grid(run_dir: Path, step: int, model: nn.Module, config: TrainConfig, data: DataSource) -> None:
     """A class-per-row grid from the EMA weights, saved as samples/step_<S>.png."""
     from ..imageio import save_grid
-    from ..sampling.generate import generate
+    from ..sampling import Guidance, generate, parse_sampler
 
     classes = min(data.num_classes, 10)
     labels = torch.arange(classes).repeat_interleave(8)
-    images = generate(model, sampling_config(config), labels, sampler_steps=config.sample_steps,
-                      cfg_scale=config.sample_cfg, seed=config.seed, codec=data.codec)
+    objective = sampling_config(config)
+    images = generate(model, objective, labels, parse_sampler(config.sample_steps, objective),
+                      guidance=Guidance(config.sample_cfg), seed=config.seed, codec=data.codec)
     save_grid(images, run_dir / "samples" / f"step_{step:07d}.png", nrow=8, scale=max(1, 64 // images.shape[-1]))
 
 
