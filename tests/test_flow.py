@@ -157,12 +157,23 @@ def test_euler_converges_to_the_exact_transport_at_first_order():
         assert 1.7 < coarse / fine < 2.3
 
 
-def test_heun_converges_at_second_order():
-    errors = [ode_error(sample_heun, n) for n in (10, 20, 40)]
+@pytest.mark.parametrize("exact", [False, True])  # DDT's exact_henu: reuse the corrector's slope, or not
+def test_heun_converges_at_second_order(exact):
+    def heun(*args):
+        return sample_heun(*args, exact=exact)
+
+    errors = [ode_error(heun, n) for n in (10, 20, 40)]
     assert errors[-1] < 5e-3
     for coarse, fine in zip(errors, errors[1:], strict=False):
         assert 3.5 < coarse / fine < 5.0
-    assert ode_error(sample_heun, 200, shift=3.0) < 1e-3  # any monotone grid works
+    assert ode_error(heun, 200, shift=3.0) < 1e-3  # any monotone grid works
+
+
+def test_heun_reusing_slopes_beats_exact_heun_at_equal_model_calls():
+    def exact(*args):
+        return sample_heun(*args, exact=True)
+
+    assert ode_error(sample_heun, 20) < ode_error(exact, 10) / 2  # 20 calls vs 19 calls
 
 
 def test_euler_maruyama_reaches_the_data_distribution():

@@ -47,7 +47,7 @@ class SampleConfig:
     cfg_power: float | None = None  # MDT's power-cosine guidance schedule exponent (MDT FID: 4); None = constant
     eta: float = 0.0  # DDIM η
     cfg_interval: tuple[float, float] | None = None  # flow models: guide only for t in this interval (DDT: 0.3,1)
-    share: str | None = None  # flow models with an encoder/decoder split: "uniform:R" or "dp:K" (DDT)
+    share: str | None = None  # models with an encoder/decoder split (DDT): "uniform:R" or "dp:K" encoder sharing
     vae: str = "stabilityai/sd-vae-ft-ema"  # VAE folder or cached hub id; "identity" for pixel-space models
     seed: int = 0  # image i uses seed + i
     batch_size: int = 32  # images per forward and per resumable chunk (keep it fixed across resumes)
