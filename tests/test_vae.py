@@ -76,7 +76,7 @@ def test_codec_is_lazy_and_pickles_without_the_network(vae_dir):
 
 
 def test_missing_or_bad_vae_sources_are_clear_errors(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="neither an existing folder"):
+    with pytest.raises(FileNotFoundError, match="neither an existing file or folder"):
         load_autoencoder_kl(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):

@@ -1,4 +1,4 @@
-"""The ``ditlab`` command: ``demo``, ``train``, ``extract-latents``, ``sample``, ``evaluate``, ``flops``.
+"""The ``ditlab`` command: ``demo``, ``train``, ``extract-latents``, ``sample``, ``evaluate``, ``flops``, ``convert``.
 
 Every failure caused by user input ends in one line, ``ditlab: error: ...``, naming the bad value and what
 is allowed; a traceback means a bug in ditlab.
@@ -126,6 +126,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_CONVERT = """examples:
+  ditlab convert DiT-XL-2-256x256.pt dit-xl2.safetensors             # official .pt -> ditlab
+  ditlab convert facebook/DiT-XL-2-256 dit-xl2.safetensors           # diffusers pipeline (Hub id or folder) -> ditlab
+  ditlab convert runs/x/checkpoints/step_0100000.safetensors my-dit --vae stabilityai/sd-vae-ft-ema  # -> DiTPipeline
+  ditlab convert mdt_xl2_v2_ckpt.pt mdtv2.safetensors --model MDTv2-XL/2
+"""
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from .interop.convert import ConvertConfig, run_convert
+
+    config = ConvertConfig(**dataclass_overrides(args, ConvertConfig))  # the positionals are fields too
+    out, notes = run_convert(config)
+    print(f"converted {config.source} -> {out}")
+    for note in notes:
+        print(f"note: {note}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoConfig
     from .train import TrainConfig
@@ -181,6 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--block", default=None, help="DiT conditioning block (adaLN-Zero, adaLN, cross-attention, "
                                                   "in-context)")
     fl.set_defaults(func=_cmd_flops)
+
+    from .interop.convert import ConvertConfig
+
+    co = sub.add_parser("convert", help="weights between official .pt/.ckpt, ditlab .safetensors and diffusers folders",
+                        description=__import__("ditlab.interop.convert", fromlist=["x"]).__doc__,
+                        epilog=EPILOG_CONVERT, formatter_class=argparse.RawDescriptionHelpFormatter)
+    co.add_argument("source", help="official .pt/.ckpt, ditlab .safetensors, diffusers folder, or a Hub id")
+    co.add_argument("out", help="output: .safetensors (ditlab), .pt/.ckpt (official) or a folder (diffusers)")
+    add_dataclass_flags(co, ConvertConfig, skip=("source", "out"))
+    co.set_defaults(func=_cmd_convert)
     return parser
 
 

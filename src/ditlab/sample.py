@@ -36,7 +36,7 @@ PRECISIONS = ("fp32", "bf16")
 class SampleConfig:
     """Everything ``ditlab sample`` needs; the identity of a run (for resume) is all but the output flags."""
 
-    checkpoint: str = ""  # step_*.safetensors from `ditlab train`, or an official DiT .pt
+    checkpoint: str = ""  # step_*.safetensors of `ditlab train`, official DiT .pt, diffusers DiT folder, or Hub id
     model: str | None = None  # official .pt only: preset name (e.g. DiT-XL/2); None = read off the weights
     out: str = "samples/samples.npz"  # ADM .npz to write (arr_0 uint8 NHWC, arr_1 labels)
     num_images: int = 50000  # N (ADM/DiT FID: 50,000)
@@ -59,7 +59,7 @@ class SampleConfig:
     grid_size: int = 64  # images in the grid
     keep_parts: bool = False  # keep <out>.parts/ after packing the npz
     device: str | None = None  # "cpu" / "cuda"; None = CUDA when available
-    allow_download: bool = False  # let a hub-id VAE be downloaded when not cached
+    allow_download: bool = False  # let Hub ids (checkpoint, VAE) be downloaded when not cached
     progress: bool = True  # tqdm bar on rank 0
 
     def __post_init__(self) -> None:
@@ -85,15 +85,20 @@ class SampleConfig:
 # Model and labels.
 
 
-def load_sampling_model(path: str | Path, model: str | None = None) -> tuple[nn.Module, DiffusionConfig | FlowConfig]:
+def load_sampling_model(path: str | Path, model: str | None = None,
+                        allow_download: bool = False) -> tuple[nn.Module, DiffusionConfig | FlowConfig]:
     """A backbone in eval mode and its objective config (diffusion, or flow for flow-matching runs), from our
-    checkpoint or an official DiT ``.pt``."""
+    checkpoint, an official DiT ``.pt`` or a diffusers DiT folder (each a local path or a Hub id)."""
     from .models.registry import model_from_config
     from .train.checkpoint import load_weights
+    from .utils.hub import resolve_weights
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = resolve_weights(path, "checkpoint", allow_download)
+    if path.is_dir():
+        from .interop.diffusers_dit import load_diffusers_dit
+
+        loaded = load_diffusers_dit(path)
+        return loaded.model, loaded.diffusion
     if path.suffix == ".safetensors":
         state, meta = load_weights(path)
         if "family" not in meta or "config" not in meta:
@@ -228,8 +233,9 @@ def run_sample(config: SampleConfig) -> Path:
 
     if not config.checkpoint:
         raise ValueError("--checkpoint is required (a step_*.safetensors or an official DiT .pt)")
-    if not Path(config.checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint {config.checkpoint} does not exist")
+    from .utils.hub import resolve_weights
+
+    resolve_weights(config.checkpoint, "checkpoint", config.allow_download)  # fail before any work
     info = init_distributed(config.device)
     out = Path(config.out)
     parts = parts_dir(out)
@@ -240,7 +246,7 @@ def run_sample(config: SampleConfig) -> Path:
     check_or_write_identity(parts / "sample.json", config.identity(), info.is_main, "a different sampling run")
     todo = [c for c in range(len(chunks)) if c % info.world_size == info.rank and not chunk_path(parts, c).is_file()]
     if todo:
-        model, diffusion = load_sampling_model(config.checkpoint, config.model)
+        model, diffusion = load_sampling_model(config.checkpoint, config.model, config.allow_download)
         model = prepare_for_speed(model.to(info.device), config)
         codec = load_codec(config.vae, model.config.in_channels, info.device, config.allow_download)
         bar = tqdm(total=len(todo), disable=not (info.is_main and config.progress), desc="sample", unit="chunk",

@@ -11,11 +11,12 @@ is :meth:`AutoencoderKLCodec.decode`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from .utils.hub import resolve_weights
 
 HUB_VAES = ("stabilityai/sd-vae-ft-ema", "stabilityai/sd-vae-ft-mse")  # the DiT paper's two decoders
 
@@ -49,25 +50,19 @@ def _import_autoencoder_kl() -> Any:
 
 
 def load_autoencoder_kl(source: str, allow_download: bool = False) -> Any:
-    """``AutoencoderKL`` from a local folder (``config.json`` + weights) or a hub id, in eval mode.
+    """``AutoencoderKL`` from a local folder (``config.json`` + weights, or a pipeline folder with ``vae/``) or a
+    hub id (``stabilityai/sd-vae-ft-ema``, ``facebook/DiT-XL-2-256/vae``), in eval mode.
 
-    A hub id is resolved from the local Hugging Face cache only, unless ``allow_download`` is set: library
-    code never downloads behind the user's back.
+    A hub id is resolved from the local Hugging Face cache only, unless ``allow_download`` is set (and
+    ``HF_HUB_OFFLINE`` is not): library code never downloads behind the user's back.
     """
     autoencoder_kl = _import_autoencoder_kl()
-    local = Path(source).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"VAE folder {local} has no config.json (expected a diffusers save_pretrained)")
-        return autoencoder_kl.from_pretrained(str(local), local_files_only=True, low_cpu_mem_usage=False).eval()
-    if "/" not in source or source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"VAE {source!r} is neither an existing folder nor a hub id like {HUB_VAES[0]}")
-    try:
-        return autoencoder_kl.from_pretrained(source, local_files_only=not allow_download,
-                                             low_cpu_mem_usage=False).eval()
-    except OSError as err:
-        hint = "" if allow_download else " (not in the local cache; pass allow_download to fetch it)"
-        raise FileNotFoundError(f"cannot load VAE {source!r}{hint}: {str(err).splitlines()[0]}") from err
+    local = resolve_weights(source, "VAE", allow_download)
+    if not (local / "config.json").is_file() and (local / "vae" / "config.json").is_file():
+        local = local / "vae"  # a whole pipeline folder (DiTPipeline): its VAE
+    if not (local / "config.json").is_file():
+        raise FileNotFoundError(f"VAE folder {local} has no config.json (expected a diffusers save_pretrained)")
+    return autoencoder_kl.from_pretrained(str(local), local_files_only=True, low_cpu_mem_usage=False).eval()
 
 
 class AutoencoderKLCodec:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..objectives.flow import FlowMatching
+from ..utils.hub import resolve_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -48,7 +49,10 @@ class REPAConfig:
         """The encoder folder, or a one-line error when REPA is on without one."""
         if not self.encoder_path:
             raise ValueError("REPA is on but repa.encoder_path is not set; give a local DINOv2 folder or turn REPA off")
-        path = Path(self.encoder_path)
+        try:
+            path = resolve_weights(self.encoder_path, "REPA encoder_path")  # a folder or a cached Hub id
+        except FileNotFoundError as err:
+            raise ValueError(f"REPA encoder_path {self.encoder_path!r} is not a folder: {err}") from err
         if not path.is_dir():
             raise ValueError(f"REPA encoder_path {str(path)!r} is not a folder; give a local DINOv2 folder")
         return path

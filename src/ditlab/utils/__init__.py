@@ -1,1 +1,1 @@
-"""Plumbing below every layer: atomic file writes, run identity files, process-group helpers."""
+"""Plumbing below every layer: atomic file writes, run identity files, process-group helpers, Hub ids."""
