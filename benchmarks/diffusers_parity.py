@@ -2,9 +2,11 @@
 
 1. The official golden weights and outputs (tests/golden/dit_tiny*.safetensors, made by facebookresearch/DiT's
    models.py): diffusers' DiTTransformer2DModel on those weights, as-is and with its timestep frequencies set
-   to the official ones, for the Hub's norm_eps (1e-5) and the official one (1e-6).
+   to the official ones, for the Hub's norm_eps (1e-5) and the official one (1e-6); and diffusers as-is
+   against ditlab's DiT with diffusers' frequencies (timestep_freq_shift=1).
 2. The sinusoidal timestep features alone, over t = 0..999.
-3. DiTPipeline against ditlab's DDIM with CFG on all latent channels, same seeds, on a random tiny DiT.
+3. DiTPipeline against ditlab's DDIM with CFG on all latent channels, same seeds, on a random tiny DiT (ditlab
+   official vs diffusers as shipped and patched; ditlab timestep_freq_shift=1 vs diffusers as shipped).
 
     PYTHONPATH=src python benchmarks/diffusers_parity.py
 """
@@ -56,6 +58,12 @@ def golden_weights() -> None:
                 out = transformer(model, eps, fix)(x, timestep=t, class_labels=y).sample
                 label = "official frequencies" if fix else "as shipped"
                 print(f"  diffusers norm_eps={eps:g}, {label}: max|d| = {(out - ref).abs().max():.2e}")
+        shifted = ditlab.create_model("DiT", **manifest[name]["constructor_kwargs"], timestep_freq_shift=1).eval()
+        shifted.load_state_dict(model.state_dict())
+        for eps in (1e-5, 1e-6):
+            out = transformer(model, eps, False)(x, timestep=t, class_labels=y).sample
+            print(f"  ditlab timestep_freq_shift=1 vs diffusers norm_eps={eps:g} as shipped: max|d| = "
+                  f"{(out - shifted(x, t, y)).abs().max():.2e}")
 
 
 def timestep_features() -> None:
@@ -80,18 +88,21 @@ def pipeline_vs_ditlab() -> None:
         folder = export_diffusers_dit(model, DiffusionConfig(), Path(tmp) / "pipe", vae=str(Path(tmp) / "vae"))
         pipe = diffusers.DiTPipeline.from_pretrained(str(folder))
         pipe.set_progress_bar_config(disable=True)
+        shifted = ditlab.create_model("DiT", **{**model.config.__dict__, "timestep_freq_shift": 1}).eval()
+        shifted.load_state_dict(model.state_dict())
         labels, seeds = [1, 7, 300], [10, 11, 12]
-        for fix in (False, True):
-            if fix:
+        runs = (("as shipped", model), ("as shipped, ditlab timestep_freq_shift=1", shifted),
+                ("official frequencies", model))
+        for label, ours_model in runs:
+            if label == "official frequencies":
                 for block in pipe.transformer.transformer_blocks:
                     block.norm1.emb.time_proj.downscale_freq_shift = 0
             for steps, scale in ((50, 1.0), (50, 4.0), (25, 1.5)):
                 images = pipe(class_labels=labels, num_inference_steps=steps, guidance_scale=scale,
                               output_type="pt", generator=[torch.Generator().manual_seed(s) for s in seeds]).images
-                latents = generate_latents(model, DiffusionConfig(), torch.tensor(labels), DDIM(steps),
+                latents = generate_latents(ours_model, DiffusionConfig(), torch.tensor(labels), DDIM(steps),
                                            guidance=Guidance(scale), seeds=seeds)
                 ours = (pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
-                label = "official frequencies" if fix else "as shipped"
                 print(f"DiTPipeline vs ditlab ddim{steps} cfg {scale} ({label}): max|image d| = "
                       f"{(images - ours).abs().max():.1e}")
 

@@ -1,20 +1,12 @@
-"""Flow matching (DDT's linear path), the flow samplers on an exactly solvable Gaussian problem, and REPA."""
+"""Flow matching (DDT's linear path) and the flow samplers on an exactly solvable Gaussian problem (REPA:
+test_repa.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import ditlab
-from ditlab.models.repa import (
-    REPAConfig,
-    REPAFlowMatching,
-    build_projector,
-    cosine_alignment_loss,
-    dinov2_preprocess,
-    match_token_count,
-)
 from ditlab.objectives.flow import FlowConfig, FlowMatching
 from ditlab.sampling import Euler, Guidance, Heun, generate_latents, parse_sampler
 from ditlab.sampling.guidance import CFGConfig, classifier_free_guidance
@@ -26,8 +18,6 @@ from ditlab.sampling.ode import (
     shift_time,
     time_grid,
 )
-from ditlab.train import TrainConfig, train
-from ditlab.train.objective import build_objective
 
 TINY_DDT = dict(in_channels=4, num_groups=2, hidden_size=32, num_blocks=3, num_encoder_blocks=2, patch_size=2,
                 num_classes=10, input_size=8)
@@ -204,134 +194,3 @@ def test_generate_latents_flow_branch_is_seeded_and_guided():
     heun = generate_latents(model, FlowConfig(), labels, Heun(3), seeds=[0, 1])
     alone = generate_latents(model, FlowConfig(), labels[1:], Heun(3), seeds=[1])
     torch.testing.assert_close(heun[1:], alone)  # seed per image: batch composition does not matter
-
-
-# ----------------------------------------------------------------------------
-# REPA.
-
-
-class TinyEncoder(nn.Module):
-    """A stand-in vision encoder: 4x4 patches of the image -> 12-dim features."""
-
-    width = 12
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Conv2d(3, 12, 4, stride=4)
-
-    def forward(self, images):
-        return self.proj(dinov2_preprocess(images)).flatten(2).transpose(1, 2)
-
-
-def test_projector_has_the_official_layout():
-    proj = build_projector(32, 32, 12)
-    assert list(proj.state_dict()) == ["0.0.weight", "0.0.bias", "0.2.weight", "0.2.bias", "0.4.weight", "0.4.bias"]
-    assert isinstance(proj[0][1], nn.SiLU) and proj[0][4].out_features == 12
-
-
-def test_cosine_alignment_loss_values_and_token_rescaling():
-    a = torch.randn(2, 4, 6)
-    torch.testing.assert_close(cosine_alignment_loss(a, a), torch.zeros(2))
-    torch.testing.assert_close(cosine_alignment_loss(a, -3 * a), torch.full((2,), 2.0))
-    constant = torch.ones(2, 1, 6)  # one token, upsampled bilinearly to 4 equal tokens
-    assert torch.equal(match_token_count(constant, 4), torch.ones(2, 4, 6))
-    with pytest.raises(ValueError, match="cannot rescale 3 feature tokens to 4"):
-        match_token_count(torch.ones(1, 3, 6), 4)
-
-
-def test_dinov2_preprocess_follows_the_official_steps():
-    images = torch.zeros(1, 3, 256, 256)  # grey 0.5 after [-1, 1] -> [0, 1]
-    out = dinov2_preprocess(images)
-    assert out.shape == (1, 3, 224, 224)
-    torch.testing.assert_close(out[0, :, 0, 0], (0.5 - torch.tensor([0.485, 0.456, 0.406])) /
-                               torch.tensor([0.229, 0.224, 0.225]))
-    assert dinov2_preprocess(torch.zeros(1, 1, 16, 16)).shape == (1, 3, 14, 14)  # grey digits become RGB
-
-
-def test_repa_loss_adds_half_the_alignment_of_the_hooked_block():
-    torch.manual_seed(0)
-    model = ditlab.create_model("DDT", **TINY_DDT)
-    objective = REPAFlowMatching(FlowMatching(), REPAConfig(enabled=True, align_layer=2), 32, TinyEncoder())
-    captured = []
-    model.blocks[1].register_forward_hook(lambda _m, _i, out: captured.append(out))
-    images = torch.randn(3, 3, 32, 32).clamp(-1, 1)  # pixel space: the model's x are the images
-    model_x = nn.functional.avg_pool2d(images, 4)[:, :3]
-    model_x = torch.cat([model_x, model_x[:, :1]], dim=1)  # 4 channels, 8x8
-    objective.to_images = lambda x: images
-    torch.manual_seed(1)
-    terms = objective.loss(model, model_x, torch.tensor([0, 1, 10]))
-    expected_cos = cosine_alignment_loss(objective.proj(captured[0]), objective.encoder(images))
-    torch.testing.assert_close(terms["cos"], expected_cos)
-    torch.testing.assert_close(terms["loss"], terms["fm"] + 0.5 * terms["cos"])
-    terms["loss"].mean().backward()
-    assert objective.proj[0][0].weight.grad is not None and model.blocks[0].attn.qkv.weight.grad is not None
-    assert "encoder" not in "".join(objective.state_dict())  # the frozen encoder is not saved
-
-
-def test_missing_repa_encoder_path_is_a_one_line_error(tmp_path):
-    for repa, match in ((REPAConfig(enabled=True), "REPA is on but repa.encoder_path is not set"),
-                        (REPAConfig(enabled=True, encoder_path=str(tmp_path / "nope")), "is not a folder")):
-        config = TrainConfig(objective="flow", repa=repa, model="DDT")
-        with pytest.raises(ValueError, match=match) as err:
-            build_objective(config, model=ditlab.create_model("DDT", **TINY_DDT))
-        assert "\n" not in str(err.value)
-    with pytest.raises(ValueError, match="REPA needs objective='flow'"):
-        TrainConfig(repa=REPAConfig(enabled=True))
-
-
-def test_training_with_repa_trains_and_saves_the_projector(tmp_path, monkeypatch):
-    import ditlab.models.repa as repa_module
-
-    monkeypatch.setattr(repa_module, "load_dinov2", lambda path: TinyEncoder())
-    args = {"hidden_size": 32, "num_groups": 2, "num_blocks": 2, "num_encoder_blocks": 1, "patch_size": 4}
-    config = TrainConfig(run_dir=str(tmp_path / "run"), model="DDT", model_args=args, objective="flow",
-                         repa=REPAConfig(enabled=True, encoder_path=str(tmp_path), align_layer=1),
-                         steps=3, global_batch=4, log_every=3, ckpt_every=3, sample_every=-1, progress=False,
-                         device="cpu")
-    result = train(config)
-    assert {"fm", "cos"} <= set(result.metrics[0])
-    state = torch.load(tmp_path / "run" / "checkpoints" / "step_0000003.train_state.pt", weights_only=True)
-    assert set(state["objective"]) == {"proj.0.0.weight", "proj.0.0.bias", "proj.0.2.weight", "proj.0.2.bias",
-                                       "proj.0.4.weight", "proj.0.4.bias"}
-    assert len(state["optimizer"]["param_groups"]) == 2  # backbone + projector
-
-
-def test_dinov2_loads_from_a_local_folder_through_transformers(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    from ditlab.models.repa import load_dinov2
-
-    config = transformers.Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                       intermediate_size=32, patch_size=14, image_size=28)
-    torch.manual_seed(0)
-    reference = transformers.Dinov2Model(config).eval()
-    reference.save_pretrained(tmp_path / "dino")
-    encoder = load_dinov2(tmp_path / "dino")
-    images = torch.rand(2, 3, 64, 64) * 2 - 1
-    features = encoder(images)  # 64 px -> 56 px -> 4 x 4 patch tokens, CLS dropped, after the final norm
-    assert features.shape == (2, 16, 16) and encoder.width == 16
-    with torch.no_grad():
-        expected = reference(pixel_values=dinov2_preprocess(images)).last_hidden_state[:, 1:]
-    torch.testing.assert_close(features, expected)
-    assert not any(p.requires_grad for p in encoder.parameters())
-
-
-def test_repa_run_resumes_exactly(tmp_path, monkeypatch):
-    import ditlab.models.repa as repa_module
-
-    monkeypatch.setattr(repa_module, "load_dinov2", lambda path: TinyEncoder())
-    args = {"hidden_size": 32, "num_groups": 2, "num_blocks": 2, "num_encoder_blocks": 1, "patch_size": 4}
-
-    def config(run: str, steps: int) -> TrainConfig:
-        return TrainConfig(run_dir=str(tmp_path / run), model="DDT", model_args=args, objective="flow",
-                           repa=REPAConfig(enabled=True, encoder_path=str(tmp_path), align_layer=1), steps=steps,
-                           global_batch=4, log_every=2, ckpt_every=2, sample_every=-1, progress=False, device="cpu")
-
-    train(config("straight", 4))
-    train(config("split", 2))
-    train(config("split", 4), resume=True)
-    states = [torch.load(tmp_path / run / "checkpoints" / "step_0000004.train_state.pt", weights_only=True)
-              for run in ("straight", "split")]
-    for key in states[0]["objective"]:
-        assert torch.equal(states[0]["objective"][key], states[1]["objective"][key]), key
-    for key in states[0]["model"]:
-        assert torch.equal(states[0]["model"][key], states[1]["model"][key]), key

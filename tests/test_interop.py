@@ -15,6 +15,7 @@ from ditlab import cli
 from ditlab.interop.convert import ConvertConfig, run_convert
 from ditlab.interop.diffusers_dit import diffusion_from_scheduler, export_diffusers_dit, load_diffusers_dit
 from ditlab.models.diffusers_keys import diffusers_config_for, diffusers_to_dit, dit_to_diffusers
+from ditlab.models.layers import timestep_embedding
 from ditlab.models.official import load_official_ddt, load_official_dit
 from ditlab.objectives import DiffusionConfig
 from ditlab.sample import load_sampling_model
@@ -131,6 +132,43 @@ def test_diffusers_on_official_golden_weights_differs_only_by_timestep_frequenci
     torch.testing.assert_close(net(x, timestep=t, class_labels=y).sample, official, **entry["tolerance"])
 
 
+@torch.no_grad()
+def test_diffusers_timestep_option_makes_ditlab_compute_what_diffusers_does(tmp_path):
+    """timestep_freq_shift=1: diffusers' frequencies bit for bit, and its transformer's outputs both ways."""
+    t = torch.arange(1000)
+    theirs_features = diffusers.models.embeddings.get_timestep_embedding(t, 256, flip_sin_to_cos=True,
+                                                                         downscale_freq_shift=1)
+    assert torch.equal(timestep_embedding(t, 256, freq_shift=1), theirs_features)
+    assert not torch.equal(timestep_embedding(t, 256), theirs_features)  # the default stays official
+    model = random_dit(num_classes=1000, timestep_freq_shift=1)
+    assert set(model.state_dict()) == set(random_dit().state_dict())  # no weights depend on it
+    x, t, y = inputs()
+    ours = model(x, t, y)
+    # ditlab -> diffusers, as shipped (no patch): equal to float32 rounding (measured: 0).
+    torch.testing.assert_close(diffusers_transformer(model)(x, timestep=t, class_labels=y).sample, ours,
+                               atol=1e-6, rtol=0)
+    pipe = diffusers.DiTPipeline.from_pretrained(str(export_diffusers_dit(model, DiffusionConfig(), tmp_path / "p")),
+                                                 vae=tiny_vae())
+    torch.testing.assert_close(pipe.transformer(x, timestep=t, class_labels=y).sample, ours, atol=1e-6, rtol=0)
+    # ... and back: the folder records the convention; a flag overrides it.
+    assert load_diffusers_dit(tmp_path / "p").model.config == model.config
+    official = load_diffusers_dit(tmp_path / "p", timesteps="official").model
+    assert official.config.timestep_freq_shift == 0 and (official(x, t, y) - ours).abs().amax() > 1e-2
+
+
+def test_bad_timestep_conventions_are_one_line(pipeline_dir, tmp_path, capsys):
+    with pytest.raises(ValueError, match="timestep_freq_shift=2"):
+        random_dit(timestep_freq_shift=2)
+    _, folder, _ = pipeline_dir
+    with pytest.raises(ValueError, match="timesteps='ddpm'; allowed: official .* or diffusers"):
+        load_diffusers_dit(folder, timesteps="ddpm")
+    _official_dit(tmp_path)
+    argv = ["convert", str(tmp_path / "official.pt"), str(tmp_path / "x.safetensors"), "--timesteps", "diffusers"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--timesteps applies to diffusers sources" in err and err.count("\n") == 1
+
+
 # ---- ditlab -> diffusers -> ditlab ----
 
 
@@ -203,6 +241,12 @@ def test_a_diffusers_made_pipeline_loads_into_ditlab(tmp_path):
     loaded = load_diffusers_dit(tmp_path / "p")
     assert loaded.diffusion == DiffusionConfig(schedule="cosine", learn_sigma=True)
     x, t, y = inputs()
+    # Weights trained in diffusers: --timesteps diffusers gives diffusers' own outputs (measured: 7e-6, all of it
+    # from diffusers' default pre-MLP LayerNorm eps 1e-5 against the official 1e-6; 0 with norm_eps=1e-6).
+    assert cli.main(["convert", str(tmp_path / "p"), str(tmp_path / "d.safetensors"), "--timesteps", "diffusers"]) == 0
+    native, _ = load_sampling_model(tmp_path / "d.safetensors")
+    torch.testing.assert_close(native(x, t, y), net(x, timestep=t, class_labels=y).sample, atol=PARITY_ATOL, rtol=0)
+    # By default (official-trained weights, as the Hub's): the official frequencies.
     official_time_frequencies(net)
     expected = net(x, timestep=t, class_labels=y).sample
     torch.testing.assert_close(loaded.model(x, t, y), expected, atol=PARITY_ATOL, rtol=0)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,6 +45,7 @@ def test_two_passes_same_t_separate_noise_equal_weights():
     model = RecordingModel()
     x0, y = torch.randn(3, 4, 4, 4), torch.tensor([1, 2, 3])
     torch.manual_seed(7)
+    np.random.seed(7)
     terms = MaskedDiffusionObjective(diffusion).loss(model, x0, y)
     full, masked = model.calls
     assert (full["enable_mask"], masked["enable_mask"]) == (False, True)
@@ -51,9 +53,11 @@ def test_two_passes_same_t_separate_noise_equal_weights():
     assert not torch.allclose(full["x"], masked["x"])  # each pass draws its own noise
     torch.testing.assert_close(terms["loss"], terms["mse"] + terms["vb"] + terms["m_mse"] + terms["m_vb"])
     assert set(terms) == {"loss", "mse", "vb", "m_loss", "m_mse", "m_vb"}
-    # The official draw order: t, the full pass's noise, then the masked pass's noise (the model draws nothing here).
+    # The official draws: t by numpy (MDT's UniformSampler), then the full pass's noise, then the masked pass's
+    # (this stand-in model draws nothing).
     torch.manual_seed(7)
-    t = torch.randint(0, 1000, (3,))
+    np.random.seed(7)
+    t = torch.from_numpy(np.random.choice(1000, size=(3,), p=np.ones(1000) / 1000))
     noise_full, noise_masked = torch.randn_like(x0), torch.randn_like(x0)
     assert torch.equal(t, full["t"])
     torch.testing.assert_close(full["x"], diffusion.q_sample(x0, t, noise_full))
@@ -66,10 +70,11 @@ def test_min_snr_5_weights_the_mse_of_both_passes():
     out = {}
     for gamma in (None, 5.0):
         torch.manual_seed(11)
+        np.random.seed(11)
         objective = MaskedDiffusionObjective(GaussianDiffusion(DiffusionConfig(min_snr_gamma=gamma)))
         out[gamma] = objective.loss(model, x0, y)
-    torch.manual_seed(11)
-    t = torch.randint(0, 1000, (4,))
+    np.random.seed(11)
+    t = torch.from_numpy(np.random.choice(1000, size=(4,), p=np.ones(1000) / 1000))
     alpha_bar = torch.from_numpy(GaussianDiffusion().alphas_cumprod)[t]
     snr = alpha_bar / (1 - alpha_bar)
     weight = (torch.clamp(snr, max=5.0) / snr).float()
@@ -142,6 +147,37 @@ def test_adan_global_norm_clipping_and_bad_arguments():
     assert torch.equal(p.grad, grads[1].double())  # gradients are not scaled in place
     with pytest.raises(ValueError, match=r"betas must be three numbers in \[0, 1\)"):
         Adan([p], betas=(0.9, 0.999))
+
+
+def as_official_adan_state(state: dict) -> dict:
+    """ditlab's Adan state in the official package's format: its ``neg_pre_grad`` holds −g where ditlab's
+    ``pre_grad`` holds +g (sail-sg/Adan ``adan.py``), and its groups carry ``foreach``/``fused``."""
+    entries = {k: {**{n: t for n, t in v.items() if n != "pre_grad"}, "neg_pre_grad": -v["pre_grad"]}
+               for k, v in state["state"].items()}
+    groups = [{**g, "foreach": True, "fused": False} for g in state["param_groups"]]
+    return {"state": entries, "param_groups": groups}
+
+
+def test_adan_resumes_from_an_official_state_as_if_uninterrupted():
+    torch.manual_seed(0)
+    start, grads = torch.randn(6, 5), [torch.randn(6, 5) for _ in range(10)]
+
+    def run(p, opt, steps):
+        for g in steps:
+            p.grad = g.clone()
+            opt.step()
+
+    straight = torch.nn.Parameter(start.clone())
+    run(straight, Adan([straight], lr=1e-2, weight_decay=0.02, max_grad_norm=1.0), grads)
+    for convert in (as_official_adan_state, lambda state: state):  # an official file, and ditlab's own
+        p = torch.nn.Parameter(start.clone())
+        first = Adan([p], lr=1e-2, weight_decay=0.02, max_grad_norm=1.0)
+        run(p, first, grads[:5])
+        second = Adan([p], lr=1e-2, weight_decay=0.02, max_grad_norm=1.0)
+        second.load_state_dict(convert(first.state_dict()))
+        assert torch.equal(second.state[p]["pre_grad"], first.state[p]["pre_grad"])
+        run(p, second, grads[5:])
+        assert torch.equal(p.data, straight.data)
 
 
 def test_build_optimizer_chooses_adan():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -358,3 +359,74 @@ def test_meta_model_takes_the_checkpoint_tensors(tmp_path: Path) -> None:
     assert not any(p.is_meta for p in target.parameters())
     assert not target.pos_embed.requires_grad
     _assert_same_outputs(source, target)
+
+
+# ----------------------------------------------------------------------------
+# Which family a file belongs to, and what the weights cannot tell.
+
+FAMILY_SIZES = {
+    "DiT": dict(input_size=8, patch_size=2, hidden_size=32, depth=2, num_heads=2, num_classes=10),
+    "MDT": dict(input_size=8, patch_size=2, hidden_size=32, depth=4, num_heads=2, num_classes=10, decode_layer=2),
+    "MDTv2": dict(input_size=8, patch_size=2, hidden_size=32, depth=4, num_heads=2, num_classes=10, decode_layer=2),
+    "DDT": dict(input_size=8, patch_size=2, hidden_size=32, num_blocks=3, num_encoder_blocks=2, num_groups=2,
+                num_classes=10),
+    "DiffuSSM": dict(input_size=4, hidden_size=16, depth=2, state_size=4, num_classes=10),
+}
+
+
+def _family_file(tmp_path: Path, family: str) -> Path:
+    path = tmp_path / f"{family}.pt"
+    torch.manual_seed(0)
+    state = create_model(family, **FAMILY_SIZES[family]).state_dict()  # random everywhere (no zeroed layers):
+    torch.save({k: torch.randn_like(v) * 0.2 if v.is_floating_point() else v for k, v in state.items()}, path)
+    return path
+
+
+def test_checkpoint_family_reads_the_keys() -> None:
+    from ditlab.models.official import checkpoint_family
+
+    for family, sizes in FAMILY_SIZES.items():
+        assert checkpoint_family(create_model(family, **sizes).state_dict()) == family
+    assert checkpoint_family({"w": torch.zeros(1)}) is None
+
+
+@pytest.mark.parametrize("family,label,loader", [("DiT", "DiT", "load_official_dit"),
+                                                 ("MDT", "MDT v1", "load_official_mdt(path, 'MDT-XL/2'")])
+def test_a_dit_or_mdt_v1_file_loaded_as_mdtv2_names_its_family(tmp_path: Path, family: str, label: str,
+                                                                loader: str) -> None:
+    from ditlab.models.official import load_official_mdt
+
+    path = _family_file(tmp_path, family)
+    with pytest.raises(ValueError, match=f"does not hold MDTv2 weights: its keys are those of {label}; load it "
+                                         f"with {re.escape(loader)}") as err:
+        load_official_mdt(path, "MDTv2-S/2")
+    assert "decode_layer=0" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_files_of_other_families_are_named_by_every_loader(tmp_path: Path) -> None:
+    from ditlab.models.official import load_official_ddt, load_official_mdt
+
+    with pytest.raises(ValueError, match="does not hold DiT weights: its keys are those of MDTv2"):
+        load_official_dit(_family_file(tmp_path, "MDTv2"))
+    with pytest.raises(ValueError, match="does not hold DDT weights: its keys are those of DiT"):
+        load_official_ddt(_family_file(tmp_path, "DiT"))
+    with pytest.raises(ValueError, match="does not hold MDT weights: its keys are those of MDTv2"):
+        load_official_mdt(_family_file(tmp_path, "MDTv2"), "MDT-S/2")
+
+
+def test_a_ddt_split_or_mdt_v1_decode_layer_that_keeps_the_depth_cannot_be_detected(tmp_path: Path) -> None:
+    """Documented limit: these load without error and compute another network (the weights cannot tell)."""
+    from ditlab.models.official import load_official_ddt, load_official_mdt
+
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.7]), torch.tensor([1, 2])
+    ddt_path = _family_file(tmp_path, "DDT")
+    right, _ = load_official_ddt(ddt_path, num_encoder_blocks=2)
+    wrong, _ = load_official_ddt(ddt_path, num_encoder_blocks=1)
+    with torch.no_grad():
+        assert not torch.allclose(right(x, t, y)[0], wrong(x, t, y)[0])
+    mdt_path = _family_file(tmp_path, "MDT")
+    args = {k: v for k, v in FAMILY_SIZES["MDT"].items() if k not in ("input_size", "num_classes", "decode_layer")}
+    right = load_official_mdt(mdt_path, "MDT", **args, decode_layer=2)
+    wrong = load_official_mdt(mdt_path, "MDT", **args, decode_layer=1)
+    with torch.no_grad():
+        assert not torch.allclose(right(x, torch.tensor([10, 900]), y), wrong(x, torch.tensor([10, 900]), y))

@@ -16,7 +16,8 @@ from .cli_args import add_dataclass_flags, dataclass_overrides
 EPILOG_TRAIN = """examples:
   ditlab train --model DiT-S/2 --data digits --steps 2000 --run-dir runs/s2
   ditlab train --resume runs/s2 --steps 4000        # continue the same run to step 4000
-  ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --min-snr-gamma 5 --lr 5e-4 ...  # MDTv2 recipe
+  ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --max-grad-norm 1 --min-snr-gamma 5 --lr 5e-4 ...
+                                                    # MDTv2's recipe (official train_util.py: Adan, max_grad_norm=1)
   ditlab train --model DDT --objective flow --model-args '{"num_blocks": 6, "num_encoder_blocks": 4}' ...
   torchrun --standalone --nproc_per_node=8 -m ditlab train --model DiT-XL/2 ...   # DDP, one process per GPU
 """
@@ -35,9 +36,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # Nested config sections of TrainConfig and the flag prefix of each on the command line.
 def _train_sections():
-    from .models.repa import REPAConfig
     from .objectives import DiffusionConfig
     from .objectives.flow import FlowConfig
+    from .objectives.repa import REPAConfig
 
     return {"diffusion": (DiffusionConfig, ""), "flow": (FlowConfig, "flow_"), "repa": (REPAConfig, "repa_")}
 

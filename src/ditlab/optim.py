@@ -15,6 +15,13 @@ minus the paper's β), with its proximal (default) or decoupled weight decay and
     θ    /= 1 + lr·wd                                 (no_prox: θ *= 1 − lr·wd before the update)
 
 Gradients are not modified in place (the official code scales ``p.grad`` by the clip factor).
+
+State: per parameter ``exp_avg`` (m), ``exp_avg_diff`` (v), ``exp_avg_sq`` (n) and ``pre_grad`` = +g_{t−1}, the
+previous (clipped) gradient; ``step`` per group. The official package keeps the same averages but stores the
+previous gradient negated, as ``neg_pre_grad`` = −g_{t−1} (its kernels update it in place). :meth:`Adan.load_state_dict`
+reads both, so a run resumes from an official optimizer file (MDT's ``opt*.pt``, once gathered from ZeRO) with
+its gradient difference intact; the official Adan, given ditlab's state, would find no ``neg_pre_grad`` and
+restart d at 0.
 """
 
 from __future__ import annotations
@@ -48,6 +55,16 @@ class Adan(torch.optim.Optimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
                         no_prox=no_prox)
         super().__init__(params, defaults)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load ditlab's state or the official package's (``neg_pre_grad`` = −g, converted to ``pre_grad``)."""
+        state = {}
+        for key, entry in state_dict["state"].items():
+            entry = dict(entry)
+            if "neg_pre_grad" in entry and "pre_grad" not in entry:
+                entry["pre_grad"] = -entry.pop("neg_pre_grad")
+            state[key] = entry
+        super().load_state_dict({**state_dict, "state": state})
 
     @torch.no_grad()
     def _clip_factor(self) -> float:

@@ -3,7 +3,8 @@
 Layout of an extraction folder::
 
     extract.json              what was extracted (image folder, VAE, sizes): a rerun must match it
-    shard_000000.safetensors  mean, std: (n, 2, C, h, w) for [image, its horizontal flip]; labels, indices: (n,)
+    shard_000000.safetensors  mean, std: (n, 2, C, h, w) for [image, its horizontal flip]; labels, indices: (n,);
+                              with ``--images true`` also images: (n, 3, H, W) uint8, the center crops encoded
     ...
     index.json                written last, once every shard exists: shard list, counts, class names, VAE
 
@@ -12,6 +13,14 @@ processes ran. Each shard is written atomically (temporary file, fsync, rename) 
 redone, so a crashed run is resumed by running the same command again. Storing the posterior's mean and std
 (as EDM2's dataset_tool and DDT do) lets training draw a fresh latent ``mean + std·ε`` every time an image is
 seen, instead of freezing one sample per image as fast-DiT's ``extract_features.py`` does.
+
+REPA aligns to the real images (DDT feeds DINOv2 the dataset's center crops, ``to_tensor`` of the uint8 pixels).
+``images=True`` stores exactly those pixels, uint8 at ``image_size``, so REPA needs no VAE decode in the loop
+and sees what the official sees. Stored rather than the encoder's features: features (256 tokens × 768 ×
+2 bytes = 393 KB per 256² image for DINOv2-B) are twice the pixels (196 KB) and tie the extraction to one
+encoder; stored rather than pixels already resized to the encoder's 224²: the official resizes in float from
+the uint8 crop, which a stored uint8 224² copy cannot reproduce (its rounding), while float copies would be
+larger than the crop. The encoder's forward stays in the loop, as in DDT.
 """
 
 from __future__ import annotations
@@ -52,6 +61,7 @@ class ExtractConfig:
     batch_size: int = 32  # images per VAE forward
     dtype: str = "float16"  # storage dtype of mean/std: float16, bfloat16 or float32
     skip_bad: bool = False  # skip (and count) unreadable images instead of stopping at the first
+    images: bool = False  # also store the uint8 center crops (REPA aligns to them; ~196 KB per 256² image)
     device: str | None = None  # "cpu" / "cuda"; None = CUDA when available
     allow_download: bool = False  # let a hub-id VAE be downloaded when not cached
     progress: bool = True  # tqdm bar on rank 0
@@ -66,7 +76,10 @@ class ExtractConfig:
     def identity(self, num_files: int) -> dict[str, Any]:
         """What must be equal for a rerun to continue a previous extraction."""
         keys = ("data", "vae", "image_size", "shard_size", "dtype", "skip_bad")
-        return {**{k: getattr(self, k) for k in keys}, "num_files": num_files, "format": FORMAT}
+        identity = {**{k: getattr(self, k) for k in keys}, "num_files": num_files, "format": FORMAT}
+        if self.images:  # only when on, so extractions made before this option still resume
+            identity["images"] = True
+        return identity
 
 
 def shard_path(out: Path, k: int) -> Path:
@@ -80,9 +93,10 @@ def shard_ranges(num_images: int, shard_size: int) -> list[range]:
 
 
 def encode_shard(dataset: ImageFolder, codec: Any, indices: range, batch_size: int, skip_bad: bool,
-                 dtype: torch.dtype) -> tuple[dict[str, Tensor], list[str]]:
-    """Tensors of one shard (posterior of each image and its flip) and the unreadable files skipped."""
-    means, stds, labels, kept, skipped = [], [], [], [], []
+                 dtype: torch.dtype, store_images: bool = False) -> tuple[dict[str, Tensor], list[str]]:
+    """Tensors of one shard (posterior of each image and its flip, the uint8 images when asked) and the
+    unreadable files skipped."""
+    means, stds, labels, kept, skipped, crops = [], [], [], [], [], []
     for start in range(indices.start, indices.stop, batch_size):
         images, batch_labels, batch_kept = [], [], []
         for i in range(start, min(start + batch_size, indices.stop)):
@@ -99,6 +113,8 @@ def encode_shard(dataset: ImageFolder, codec: Any, indices: range, batch_size: i
         if not images:
             continue
         x = to_model_tensor(np.stack(images))
+        if store_images:
+            crops.append(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())
         mean, std = codec.encode_posterior(torch.cat([x, x.flip(-1)]))  # (2n, C, h, w)
         n = len(images)
         means.append(torch.stack([mean[:n], mean[n:]], 1).to("cpu", dtype))
@@ -109,6 +125,8 @@ def encode_shard(dataset: ImageFolder, codec: Any, indices: range, batch_size: i
         raise ValueError(f"images {indices.start}..{indices.stop - 1} of {dataset.root} are all unreadable")
     tensors = {"mean": torch.cat(means), "std": torch.cat(stds), "labels": torch.tensor(labels, dtype=torch.int64),
                "indices": torch.tensor(kept, dtype=torch.int64)}
+    if store_images:
+        tensors["images"] = torch.cat(crops)
     return tensors, skipped
 
 
@@ -140,6 +158,7 @@ def write_index(out: Path, dataset: ImageFolder, codec: Any, config: ExtractConf
         "latent_shape": list(latent_shape),
         "vae": config.vae,
         "scaling_factor": getattr(codec, "scaling_factor", 1.0),
+        "images": config.images,
         "shards": [{"file": s["file"], "count": s["count"]} for s in shards],
         "skipped": [p for s in shards for p in s["skipped"]],
     }
@@ -171,7 +190,7 @@ def extract_latents(config: ExtractConfig, codec: Any = None, rank: int = 0, wor
                desc="extract-latents", unit="shard", dynamic_ncols=True)
     for k in todo:
         tensors, skipped = encode_shard(dataset, codec, ranges[k], config.batch_size, config.skip_bad,
-                                        DTYPES[config.dtype])
+                                        DTYPES[config.dtype], config.images)
         write_shard(shard_path(out, k), tensors, skipped)
         bar.update(1)
         if on_shard is not None:
@@ -226,6 +245,7 @@ class LatentShards:
         self._handles: dict[int, Any] = {}
         self.channels, self.input_size = self.index["latent_shape"][0], self.index["latent_shape"][1]
         self.num_classes = int(self.index["num_classes"])
+        self.has_images = bool(self.index.get("images", False))  # extracted with images=True
 
     def __len__(self) -> int:
         return self._size
@@ -265,6 +285,18 @@ class LatentShards:
             xs.append(mean[flip].float() + std[flip].float() * eps)
             labels.append(label)
         return torch.stack(xs), torch.tensor(labels, dtype=torch.int64)
+
+    def get_images(self, indices: list[int], flips: Tensor) -> Tensor:
+        """The stored uint8 images (n, 3, H, W) of ``indices``, mirrored where ``flips`` is true."""
+        if not self.has_images:
+            raise ValueError(f"{self.folder} holds no images: rerun `ditlab extract-latents` with --images true "
+                             "into a new folder (REPA aligns to the real images)")
+        rows = []
+        for i, flip in zip(indices, flips.tolist(), strict=True):
+            k, row = self._locate(i)
+            image = self._handle(k).get_slice("images")[row : row + 1][0]
+            rows.append(image.flip(-1) if flip else image)
+        return torch.stack(rows)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_handles": {}}  # file handles are reopened where used

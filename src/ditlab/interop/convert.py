@@ -57,6 +57,7 @@ class ConvertConfig:
     model_args: dict[str, Any] = field(default_factory=dict)  # official source: sizes the weights do not fix
     vae: str | None = None  # diffusers target: VAE folder or Hub id to copy into vae/ (None = no vae/)
     allow_download: bool = False  # let Hub ids missing from the cache be downloaded (never with HF_HUB_OFFLINE)
+    timesteps: str | None = None  # diffusers source trained by: official (Hub DiT) or diffusers; None: as recorded
 
 
 @dataclass
@@ -182,23 +183,26 @@ def read_ditlab(path: Path) -> Converted:
     return Converted(model.eval(), meta["family"], objective, diffusion, flow)
 
 
-def read_diffusers(path: Path) -> Converted:
+def read_diffusers(path: Path, timesteps: str | None = None) -> Converted:
     from .diffusers_dit import load_diffusers_dit
 
-    loaded = load_diffusers_dit(path)
+    loaded = load_diffusers_dit(path, timesteps=timesteps)
     notes = [f"the pipeline's VAE is at {loaded.vae}; sample with --vae {loaded.vae}"] if loaded.vae else []
     return Converted(loaded.model, "DiT", "diffusion", loaded.diffusion, FlowConfig(), notes)
 
 
 def read_any(source: str, name: str | None = None, overrides: dict[str, Any] | None = None,
-             allow_download: bool = False) -> Converted:
+             allow_download: bool = False, timesteps: str | None = None) -> Converted:
     """Any source (a path or a Hub id) as a :class:`Converted`."""
     path = resolve_weights(source, "source", allow_download)
     kind = source_format(path)
     if kind != "official" and (name or overrides):
         raise ValueError(f"--model/--model-args apply to official checkpoints; {source!r} is a {kind} source")
+    if kind != "diffusers" and timesteps:
+        raise ValueError(f"--timesteps applies to diffusers sources; {source!r} is a {kind} source (a DiT's "
+                         "config field timestep_freq_shift holds it, e.g. --model-args '{\"timestep_freq_shift\": 1}')")
     if kind == "diffusers":
-        return read_diffusers(path)
+        return read_diffusers(path, timesteps)
     if kind == "ditlab":
         return read_ditlab(path)
     return read_official(path, name, dict(overrides or {}))
@@ -248,6 +252,9 @@ def write_diffusers(converted: Converted, out: Path, vae: str | None, allow_down
                          "convert to diffusers")
     export_diffusers_dit(converted.model, converted.diffusion, out, vae, allow_download)  # type: ignore[arg-type]
     notes = [] if vae else ["no --vae: the folder has no vae/; give DiTPipeline.from_pretrained(..., vae=...)"]
+    if converted.model.config.timestep_freq_shift == 0:  # type: ignore[attr-defined]
+        notes.append("diffusers' DiT always uses its own timestep frequencies (10000^(-k/127)), not this model's "
+                     "official ones, so its outputs there differ from ditlab's (README: diffusers)")
     classes = converted.model.config.num_classes  # type: ignore[attr-defined]
     if classes != 1000:
         notes.append(f"DiTPipeline's guidance uses class 1000 as the null label; this model has {classes} classes, "
@@ -264,10 +271,13 @@ def run_convert(config: ConvertConfig) -> tuple[Path, list[str]]:
         raise ValueError("--vae applies to the diffusers format only (it is copied into the pipeline's vae/)")
     if target == "diffusers" and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"output {out} already exists; give a new folder for the diffusers pipeline")
-    converted = read_any(config.source, config.model, config.model_args, config.allow_download)
+    converted = read_any(config.source, config.model, config.model_args, config.allow_download, config.timesteps)
     family = family_of(converted.model)
     if (family, target) in UNSUPPORTED:
         raise ValueError(f"cannot convert {family} to {target}: {UNSUPPORTED[(family, target)]}")
+    if target == "official" and getattr(converted.model.config, "timestep_freq_shift", 0):
+        converted.notes.append("an official .pt has no place for timestep_freq_shift=1 (diffusers' frequencies): "
+                               "load it back with --model-args '{\"timestep_freq_shift\": 1}'")
     if target == "diffusers":
         converted.notes += write_diffusers(converted, out, config.vae, config.allow_download)
     else:

@@ -117,8 +117,8 @@ def diffusion_from_scheduler(config: Mapping[str, Any], learn_sigma: bool) -> Di
                            sigma_small=variance == "fixed_small")
 
 
-def _build_dit(transformer: Path) -> DiT:
-    config = dit_config_from_diffusers(_read_json(transformer / "config.json"))
+def _build_dit(transformer: Path, timesteps: str | None) -> DiT:
+    config = dit_config_from_diffusers(_read_json(transformer / "config.json"), timesteps)
     state_dict = diffusers_to_dit(read_diffusers_weights(transformer))
     # diffusers does not store the fixed sin-cos table; the official one is computed here (ditlab's init).
     state_dict["pos_embed"] = sincos_2d(config.hidden_size, config.input_size // config.patch_size).unsqueeze(0)
@@ -127,17 +127,20 @@ def _build_dit(transformer: Path) -> DiT:
     return load_into(model, state_dict, "DiT (diffusers)").eval()
 
 
-def load_diffusers_dit(source: str | Path, allow_download: bool = False) -> DiffusersDiT:
+def load_diffusers_dit(source: str | Path, allow_download: bool = False, timesteps: str | None = None) -> DiffusersDiT:
     """ditlab's DiT, the scheduler's DiffusionConfig and the VAE folder from a diffusers folder or Hub id.
 
     ``source`` is a ``DiTPipeline`` folder, its ``transformer/`` folder, or a Hub id of either
-    (``facebook/DiT-XL-2-256``), resolved through the Hugging Face cache.
+    (``facebook/DiT-XL-2-256``), resolved through the Hugging Face cache. ``timesteps`` is the convention the
+    weights were trained with: "official" (the official DiT code, as the Hub's facebook/DiT-*: the official
+    frequencies) or "diffusers" (trained in diffusers: its frequencies, so ditlab computes what diffusers does);
+    None = what ditlab's export recorded in the folder, else "official".
     """
     folder = resolve_weights(source, "diffusers DiT folder", allow_download)
     if not folder.is_dir():
         raise FileNotFoundError(f"diffusers DiT {str(source)!r} is a file; give the pipeline or transformer folder")
     transformer = transformer_dir(folder)
-    model = _build_dit(transformer)
+    model = _build_dit(transformer, timesteps)
     root = transformer.parent if transformer != folder else folder
     scheduler_file = root / "scheduler" / "scheduler_config.json"
     scheduler = _read_json(scheduler_file) if scheduler_file.is_file() else {}
@@ -205,7 +208,9 @@ def export_diffusers_dit(model: DiT, diffusion: DiffusionConfig, out: str | Path
     """Write ``model`` as a ``DiTPipeline`` folder (transformer/, scheduler/, and vae/ copied from ``vae``).
 
     Without ``vae`` the folder holds no VAE and ``DiTPipeline.from_pretrained(out, vae=...)`` must be given one.
-    The folder is assembled beside ``out`` and renamed into place, so a failure leaves no half folder.
+    diffusers always uses its own timestep frequencies: a model with ``timestep_freq_shift=1`` runs there exactly
+    as in ditlab, one with the official 0 runs with diffusers' frequencies (README "diffusers"). The folder is
+    assembled beside ``out`` and renamed into place, so a failure leaves no half folder.
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -38,7 +38,8 @@ class DDTConfig:
     num_classes: int = 1000  # the label table has num_classes + 1 rows (the last is the null class)
     input_size: int = 32  # latent side the samplers draw (the network itself accepts any multiple of p)
     mlp_ratio: float = 4.0  # SwiGLU hidden = int(2 * mlp_ratio * D / 3)
-    class_dropout_prob: float = 0.1  # label dropout in train mode (DDT's trainer null_condition_p)
+    class_dropout_prob: float = 0.1  # label dropout in train mode (DDT's trainer null_condition_p; drawn by the
+    #                                  flow objective before t and ε, as that trainer does)
     adaln_zero: bool = False  # paper's adaLN-Zero: also zero the blocks' modulation (the code zeroes only the output)
 
     def __post_init__(self) -> None:
@@ -235,8 +236,12 @@ class DDT(nn.Module):
                 x = block(x, c, rope)
         return x
 
-    def encode(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        """The condition encoder: self-condition s = silu(t_emb + encoder(x_t | silu(t_emb + y_emb))), (N, L, D)."""
+    def encode(self, x: Tensor, t: Tensor, y: Tensor, force_drop_ids: Tensor | None = None) -> Tensor:
+        """The condition encoder: self-condition s = silu(t_emb + encoder(x_t | silu(t_emb + y_emb))), (N, L, D).
+
+        ``force_drop_ids`` (N,): 1 where the label becomes the null class; given, the model draws no dropout of
+        its own (the flow objective draws it first, as DDT's trainer does).
+        """
         if t.shape != (x.shape[0],) or y.shape != (x.shape[0],):
             raise ValueError(f"t {tuple(t.shape)} and y {tuple(y.shape)} must both have shape ({x.shape[0]},)")
         top = self.config.num_classes
@@ -249,7 +254,7 @@ class DDT(nn.Module):
         tokens = self.patchify(x)
         rope = self.rope(x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, x.device)
         t_emb = self.time_embedding(t)
-        y_emb = self.y_embedder(y, self.training).unsqueeze(1)
+        y_emb = self.y_embedder(y, self.training, force_drop_ids).unsqueeze(1)
         c = F.silu(t_emb + y_emb)
         s = self._run(self.blocks[: self.num_encoder_blocks], self.s_embedder(tokens), c, rope)
         return F.silu(t_emb + s)
@@ -264,8 +269,9 @@ class DDT(nn.Module):
         h = self._run(self.blocks[self.num_encoder_blocks:], self.x_embedder(tokens), s, rope)
         return self.unpatchify(self.final_layer(h, s), x.shape[2], x.shape[3])
 
-    def forward(self, x: Tensor, t: Tensor, y: Tensor, s: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor, s: Tensor | None = None,
+                force_drop_ids: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x: (N, C, H, W) at time t (N,) in [0, 1], y: (N,) labels -> (velocity (N, C, H, W), s (N, L, D))."""
         if s is None:
-            s = self.encode(x, t, y)
+            s = self.encode(x, t, y, force_drop_ids)
         return self.decode(x, s), s

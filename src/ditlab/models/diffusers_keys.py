@@ -146,6 +146,11 @@ def diffusers_dit_keys(depth: int) -> list[str]:
 # ----------------------------------------------------------------------------
 # Configs.
 
+# The convention a DiT's weights were trained with -> DiTConfig.timestep_freq_shift. diffusers' DiT always runs
+# "diffusers" (downscale_freq_shift=1); the Hub's facebook/DiT-* weights were trained by the official code.
+TIMESTEP_CONVENTIONS = {"official": 0, "diffusers": 1}
+# Where ditlab's export records the convention in config.json; diffusers ignores keys starting with "_".
+TIMESTEPS_KEY = "_ditlab_timesteps"
 # diffusers settings a DiT needs, with the one value ditlab (and the official code) can run.
 _FIXED = {"norm_type": "ada_norm_zero", "activation_fn": "gelu-approximate", "attention_bias": True,
           "norm_elementwise_affine": False}
@@ -156,6 +161,7 @@ def diffusers_config_for(config: DiTConfig) -> dict[str, Any]:
 
     ``norm_eps`` is written as 1e-6, the official value: diffusers' default 1e-5 (which the Hub copies use) only
     feeds the pre-MLP LayerNorm, and 1e-6 there makes diffusers compute what the official code computes.
+    The timestep convention is recorded under :data:`TIMESTEPS_KEY` so that ditlab reads the folder back as it was.
     """
     if config.block != "adaLN-Zero":
         raise ValueError(f"diffusers' DiTTransformer2DModel has only adaLN-Zero blocks, not block={config.block!r}")
@@ -176,14 +182,25 @@ def diffusers_config_for(config: DiTConfig) -> dict[str, Any]:
         "upcast_attention": False,
         "norm_eps": 1e-6,
         **_FIXED,
+        TIMESTEPS_KEY: {v: k for k, v in TIMESTEP_CONVENTIONS.items()}[config.timestep_freq_shift],
     }
 
 
-def dit_config_from_diffusers(config: Mapping[str, Any]) -> DiTConfig:
+def timestep_convention(config: Mapping[str, Any], timesteps: str | None = None) -> str:
+    """``timesteps`` when given, else the convention ditlab's export recorded, else "official" (Hub weights)."""
+    chosen = timesteps or config.get(TIMESTEPS_KEY, "official")
+    if chosen not in TIMESTEP_CONVENTIONS:
+        raise ValueError(f"timesteps={chosen!r}; allowed: official (weights trained by the official DiT code, as "
+                         "the Hub's facebook/DiT-*) or diffusers (weights trained in diffusers)")
+    return chosen
+
+
+def dit_config_from_diffusers(config: Mapping[str, Any], timesteps: str | None = None) -> DiTConfig:
     """The :class:`DiTConfig` of a diffusers DiT ``config.json``; one-line ValueError for what DiT cannot be.
 
     diffusers' label table always has the null row (its label dropout is fixed at 0.1), so
-    ``class_dropout_prob`` is the official 0.1.
+    ``class_dropout_prob`` is the official 0.1. ``timesteps`` ("official" or "diffusers") is the convention the
+    weights were trained with: see :func:`timestep_convention`.
     """
     name = config.get("_class_name", "DiTTransformer2DModel")
     if name not in DIFFUSERS_CLASSES:
@@ -209,4 +226,5 @@ def dit_config_from_diffusers(config: Mapping[str, Any]) -> DiTConfig:
         num_heads=heads,
         num_classes=int(config["num_embeds_ada_norm"]),
         learn_sigma=out_ch == 2 * in_ch,
+        timestep_freq_shift=TIMESTEP_CONVENTIONS[timestep_convention(config, timesteps)],
     )

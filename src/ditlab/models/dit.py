@@ -48,6 +48,9 @@ class DiTConfig:
     num_classes: int = 1000
     learn_sigma: bool = True  # predict the learned-range variance too: out_channels = 2 * in_channels
     block: str = "adaLN-Zero"  # conditioning block of the paper's Table 4: one of BLOCK_TYPES
+    # Timestep frequencies 10000^(-k/(128 - s)): 0 = the official DiT; 1 = diffusers' DiTTransformer2DModel
+    # (downscale_freq_shift=1), for weights trained inside diffusers. No weights depend on it.
+    timestep_freq_shift: int = 0
 
     def __post_init__(self) -> None:
         if self.block not in BLOCK_TYPES:
@@ -64,6 +67,9 @@ class DiTConfig:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
         if self.hidden_size % 4:
             raise ValueError(f"hidden_size={self.hidden_size} must be divisible by 4 for the 2-D sin-cos table")
+        if self.timestep_freq_shift not in (0, 1):
+            raise ValueError(f"timestep_freq_shift={self.timestep_freq_shift!r}; allowed: 0 (official DiT) or 1 "
+                             "(diffusers' DiT)")
         if not 0.0 <= self.class_dropout_prob < 1.0:
             raise ValueError(f"class_dropout_prob={self.class_dropout_prob} must be in [0, 1)")
 
@@ -187,7 +193,7 @@ class DiT(nn.Module):
         self.patch_size = p
         self.num_heads = config.num_heads
         self.x_embedder = PatchEmbed(config.input_size, p, config.in_channels, d, bias=True)
-        self.t_embedder = TimestepEmbedder(d)
+        self.t_embedder = TimestepEmbedder(d, freq_shift=config.timestep_freq_shift)
         self.y_embedder = LabelEmbedder(config.num_classes, d, config.class_dropout_prob)
         # Fixed sin-cos table, a frozen Parameter (not a buffer) so it sits in the state dict as officially.
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches, d), requires_grad=False)

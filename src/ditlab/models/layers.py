@@ -46,10 +46,15 @@ def sincos_2d(embed_dim: int, grid_size: int) -> Tensor:
     return emb.float()
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal timestep features ``[cos(t w), sin(t w)]`` (cos first), ``w_k = max_period^(-k / half)``."""
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0, freq_shift: int = 0) -> Tensor:
+    """Sinusoidal timestep features ``[cos(t w), sin(t w)]`` (cos first), ``w_k = max_period^(-k / (half - s))``.
+
+    ``freq_shift`` s = 0 is the official DiT (and ADM); s = 1 is diffusers' DiT (``Timesteps(...,
+    downscale_freq_shift=1)``), computed in the same operation order so the two agree bit for bit.
+    """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(exponent / (half - freq_shift))
     args = t[:, None].float() * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -64,7 +69,8 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 class TimestepEmbedder(nn.Module):
     """Scalar timesteps -> vectors: sinusoid (256 frequencies) then ``Linear -> SiLU -> Linear``."""
 
-    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, max_period: float = 10000.0):
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256, max_period: float = 10000.0,
+                 freq_shift: int = 0):
         super().__init__()
         self.mlp = nn.Sequential(
             nn.Linear(frequency_embedding_size, hidden_size, bias=True),
@@ -73,9 +79,10 @@ class TimestepEmbedder(nn.Module):
         )
         self.frequency_embedding_size = frequency_embedding_size
         self.max_period = max_period
+        self.freq_shift = freq_shift  # 0 official, 1 diffusers' DiT: see timestep_embedding
 
     def forward(self, t: Tensor) -> Tensor:
-        t_freq = timestep_embedding(t, self.frequency_embedding_size, self.max_period)
+        t_freq = timestep_embedding(t, self.frequency_embedding_size, self.max_period, self.freq_shift)
         return self.mlp(t_freq.to(self.mlp[0].weight.dtype))
 
 
@@ -95,8 +102,14 @@ class LabelEmbedder(nn.Module):
     def token_drop(self, labels: Tensor, force_drop_ids: Tensor | None = None) -> Tensor:
         """Replace labels by the null class: at random (prob ``dropout_prob``) or where ``force_drop_ids == 1``."""
         if force_drop_ids is None:
-            # One torch.rand draw, exactly as the official code, so seeded runs drop the same labels.
-            drop_ids = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+            # One torch.rand draw from the CPU generator, as official DiT and MDT (``torch.rand(N)``), then moved
+            # to the labels' device: on a GPU, as there, t and noise come from the CUDA generator and the dropout
+            # from the CPU one, so a seed drops the labels the official code drops. The copy is queued from
+            # pinned memory, so the host does not wait for the GPU (the official blocking copy would).
+            drop_ids = torch.rand(labels.shape[0]) < self.dropout_prob
+            if labels.device.type == "cuda":
+                drop_ids = drop_ids.pin_memory()
+            drop_ids = drop_ids.to(labels.device, non_blocking=True)
         else:
             drop_ids = force_drop_ids == 1
         return torch.where(drop_ids, self.num_classes, labels)

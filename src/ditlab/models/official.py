@@ -8,6 +8,16 @@ changes are the documented ones per family (a :class:`CheckpointLayout`) and wra
 
 Every file goes through ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary
 code from a pickle.
+
+What the weights can and cannot tell. Read off the keys and shapes: the family (:func:`checkpoint_family`),
+width, depth, patch size (DiT, MDT; DDT's embedder shows only C·p·p, so its patch size is given), input size,
+channels, classes, learned σ, MDT's heads (its relative-bias table) and MDTv2's ``decode_layer`` (its
+``de_blocks``). Not in the weights, so taken from the preset or the caller and **not checkable**: DiT's and
+DDT's head count within a width (a preset of that width and depth supplies it); MDT v1's ``decode_layer``
+(``blocks.0..depth-1`` have the same keys on both sides of the decoder boundary); DDT's encoder/decoder split
+(encoder and decoder blocks are identical in keys and shapes). A wrong total depth, width or size is refused
+with what would fit; a wrong MDT v1 ``decode_layer`` or DDT split that keeps the total block count loads
+without error and computes something else.
 """
 
 from __future__ import annotations
@@ -159,6 +169,44 @@ def load_official_state_dict(path: str | Path, family: str = "DiT") -> dict[str,
 
 
 # ----------------------------------------------------------------------------
+# Which family a state dict belongs to, from its keys alone.
+
+# How to load each family's files, for error messages.
+_LOADERS = {"DiT": "load_official_dit", "MDT": "load_official_mdt(path, 'MDT-XL/2', decode_layer=...)",
+            "MDTv2": "load_official_mdt(path, 'MDTv2-XL/2')", "DDT": "load_official_ddt"}
+
+
+def checkpoint_family(state_dict: Mapping[str, Tensor]) -> str | None:
+    """"DiT", "MDT" (v1), "MDTv2", "DDT" or "DiffuSSM" from the keys' names; None when none fits.
+
+    MDTv2 splits its blocks into ``en_inblocks``/``en_outblocks``/``de_blocks``; MDT v1 keeps one ``blocks``
+    list but has the ``mask_token`` and ``decoder_pos_embed`` of the masked pass; DDT has a second patch
+    embedder ``s_embedder``; DiffuSSM's blocks hold S4D kernels; DiT is the plain ``blocks`` + ``pos_embed``.
+    """
+    keys = set(state_dict)
+    if any(k.startswith(("en_inblocks.", "en_outblocks.", "de_blocks.")) for k in keys):
+        return "MDTv2"
+    if "s_embedder.proj.weight" in keys:
+        return "DDT"
+    if "mask_token" in keys and "decoder_pos_embed" in keys:
+        return "MDT"
+    if any(".ssm." in k or ".s4d." in k or "log_dt" in k for k in keys):
+        return "DiffuSSM"
+    if "pos_embed" in keys and "x_embedder.proj.weight" in keys and any(k.startswith("blocks.") for k in keys):
+        return "DiT"
+    return None
+
+
+def _require_family(state_dict: Mapping[str, Tensor], family: str, source: str) -> None:
+    """One line naming the family the file looks like, when its keys are another family's."""
+    seen = checkpoint_family(state_dict)
+    if seen is not None and seen != family:
+        label = {"MDT": "MDT v1"}.get(seen, seen)
+        raise ValueError(f"{source} does not hold {family} weights: its keys are those of {label}; load it with "
+                         f"{_LOADERS.get(seen, 'the ' + seen + ' model')}")
+
+
+# ----------------------------------------------------------------------------
 # What a DiT state dict says about its configuration.
 
 _DIT_REQUIRED_KEYS = (
@@ -269,6 +317,9 @@ def matching_presets(state_dict: Mapping[str, Tensor], num_classes: int | None =
 
 def _what_fits(state_dict: Mapping[str, Tensor]) -> str:
     """One line saying which configuration the weights fit, for error messages."""
+    family = checkpoint_family(state_dict)
+    if family not in (None, "DiT"):
+        return f"its keys are those of {'MDT v1' if family == 'MDT' else family}"
     try:
         presets = matching_presets(state_dict)
         if presets:
@@ -373,6 +424,7 @@ def load_official_dit(path: str | Path, name: str | None = None, **overrides: An
     around. ``overrides`` (official argument names) win over both, e.g. ``input_size=32`` to insist on 256 px.
     """
     state_dict = load_official_state_dict(path, family="DiT")
+    _require_family(state_dict, "DiT", str(path))
     inferred = infer_dit_config(state_dict, num_classes=overrides.get("num_classes"))
     if name is None:
         name = next(iter(_presets_with_architecture(inferred)), "DiT")
@@ -423,12 +475,16 @@ def load_official_mdt(path: str | Path, name: str = "MDTv2-XL/2", **overrides: A
 
     Input size, classes and (MDTv2) decode_layer come from the weights; an explicit ``decode_layer`` that
     disagrees with the checkpoint's ``de_blocks`` is refused naming the one it needs (issue #26 of the official
-    repository). MDT v1 weights do not encode decode_layer: pass it if it is not the XL/2 default (2).
+    repository), and a file of another family (a DiT, an MDT v1 file given as MDTv2) is refused naming the
+    family its keys belong to. MDT v1 weights do not encode decode_layer: pass it if it is not the preset's
+    (XL/2: 2); a wrong one loads without error (the blocks' keys are the same on both sides) and computes
+    another network.
     """
     family = "MDTv2" if name.startswith("MDTv2") else "MDT"
     if family == "MDT" and not name.startswith("MDT"):
         raise ValueError(f"{name!r} is not an MDT model; allowed: MDT, MDTv2 or one of their presets")
     state_dict = load_official_state_dict(path, family=family)
+    _require_family(state_dict, family, str(path))
     sizes = mdt_sizes_from_weights(state_dict, family)
     wanted = overrides.get("decode_layer")
     if family == "MDTv2" and wanted is not None and wanted != sizes["decode_layer"]:
@@ -520,7 +576,9 @@ def load_official_ddt(path: str | Path, name: str = "DDT", **overrides: Any) -> 
 
     The EMA weights (``ema_denoiser.``) load strictly; the REPA projector (``diffusion_trainer.proj.``) is
     returned when present. ``name`` is "DDT" (everything from the weights; the split from the preset of the
-    same size unless ``num_encoder_blocks`` is given) or a preset, whose split must fit the weights' depth.
+    same size unless ``num_encoder_blocks`` is given) or a preset, whose total depth must fit the weights'.
+    The split itself cannot be checked: encoder and decoder blocks have the same keys and shapes, so a wrong
+    ``num_encoder_blocks`` with the right total loads without error and computes another network.
     """
     path = Path(path)
     if not path.is_file():
@@ -531,6 +589,7 @@ def load_official_ddt(path: str | Path, name: str = "DDT", **overrides: Any) -> 
     requested = {**presets.get(name, {}), **overrides}
     checkpoint = _read_file(path)
     state_dict = _ddt_weights(checkpoint, str(path))
+    _require_family(state_dict, "DDT", str(path))
     sizes = infer_ddt_sizes(state_dict, requested.get("patch_size", 2))
     kwargs = {**sizes, **overrides, "num_encoder_blocks": _check_ddt_split(sizes, requested, str(path))}
     with torch.device("meta"):  # no random init of weights that the checkpoint replaces anyway

@@ -5,6 +5,11 @@ t = 0 is noise and t = 1 is data: ``x_t = t x + (1 - t) ε`` and the model regre
 (``t = sigmoid(N(m, s²))``, DDT's ``lognorm_t``; Esser et al. 2024). Any backbone trains under it; a backbone
 that returns a tuple (DDT: ``(v, s)``) has its first element taken as the velocity.
 
+Random draws of :meth:`FlowMatching.loss`, in DDT's trainer order (``base/training.py:BaseTrainer`` then
+``training_repa.py:_impl_trainstep``): the label dropout ``rand(N) < p`` on the labels' device (p = the
+backbone's ``class_dropout_prob``, train mode only; the mask reaches the model as ``force_drop_ids`` so the
+model draws none of its own), then t, then ε. So with one seed a DDT trains on DDT's batches.
+
 Time scale: the model sees ``t * time_scale``. DDT and SiT feed t in [0, 1] (1.0, the default). DiT's timestep
 embedder was built for t in [0, 1000) with max_period 10000; on t in [0, 1] most of its frequencies barely move
 (dit.md section 7), so a DiT trained under flow may want ``time_scale=1000``. We keep SiT's 1.0 as default.
@@ -42,6 +47,19 @@ class FlowConfig:
 def velocity_of(output: Tensor | tuple | list) -> Tensor:
     """The velocity in a model output: the tensor itself, or the first element of a tuple (DDT's ``(v, s)``)."""
     return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def draw_label_dropout(model: Callable, y: Tensor) -> Tensor | None:
+    """DDT's trainer label dropout: (N,) 1 where a label becomes the null class, drawn on the labels' device.
+
+    None (no draw) unless the backbone (or the module inside a DDP wrapper) is training with a label embedder
+    whose ``dropout_prob`` is positive.
+    """
+    net = getattr(model, "module", model)
+    p = float(getattr(getattr(net, "y_embedder", None), "dropout_prob", 0.0))
+    if not getattr(net, "training", False) or p <= 0:
+        return None
+    return (torch.rand(y.shape[0], device=y.device) < p).long()
 
 
 def _per_sample(t: Tensor, like: Tensor) -> Tensor:
@@ -102,10 +120,13 @@ class FlowMatching:
         return {"loss": fm, "fm": fm}
 
     def loss(self, model: Callable, x: Tensor, y: Tensor | None = None, **model_kwargs) -> dict[str, Tensor]:
-        """The training-loop objective: t from the configured law, then ε ~ N(0, I) (DDT's draw order)."""
-        t = self.sample_t(x.shape[0], x.device).to(x.dtype)
-        noise = torch.randn_like(x)
+        """The training-loop objective; draws in DDT's order: label dropout, t, then ε ~ N(0, I)."""
         kwargs = dict(model_kwargs)
         if y is not None:
             kwargs["y"] = y
+            dropped = draw_label_dropout(model, y)
+            if dropped is not None:
+                kwargs["force_drop_ids"] = dropped
+        t = self.sample_t(x.shape[0], x.device).to(x.dtype)
+        noise = torch.randn_like(x)
         return self.training_losses(model, x, t, noise=noise, model_kwargs=kwargs)

@@ -453,7 +453,8 @@ class GaussianDiffusion:
         return terms
 
     def loss(self, model: Model, x0: Tensor, y: Tensor | None = None, **model_kwargs) -> dict[str, Tensor]:
-        """The training-loop objective: t ~ U{0..T-1}, then ε ~ N(0, I), from the global RNG in that order.
+        """The training-loop objective; draws in DiT's ``train.py`` order: t ~ U{0..T-1} (``torch.randint`` on
+        the data's device), then ε ~ N(0, I), then the model's own (label dropout, on the CPU generator).
 
         Returns the per-sample dict of ``training_losses``; the loop averages "loss".
         """

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..models.layers import ATTENTION_BACKENDS
-from ..models.repa import REPAConfig
 from ..objectives import DiffusionConfig
 from ..objectives.flow import FlowConfig
+from ..objectives.repa import REPAConfig
 
 PRECISIONS = ("fp32", "bf16")
 PARALLEL_MODES = ("ddp", "fsdp")

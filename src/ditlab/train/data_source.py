@@ -56,6 +56,34 @@ class DataSource:
             x, y = x.pin_memory(), y.pin_memory()
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
+    @property
+    def pixel_space(self) -> bool:
+        """True when the model-space tensors are the images themselves (identity codec)."""
+        return isinstance(self.codec, IdentityCodec)
+
+    @property
+    def has_images(self) -> bool:
+        """Whether :meth:`images` can give the real images of a batch (REPA's targets)."""
+        return self.pixel_space or bool(getattr(self.dataset, "has_images", False))
+
+    def images(self, indices: list[int], step: int) -> Tensor | None:
+        """The real uint8 images of the batch ``batch(indices, step)``, flipped as its latents; None in pixel
+        space, where the batch itself is the images.
+
+        A latent example's flip is the first draw of its (seed, step, index) generator (``LatentShards.get_batch``
+        draws it before ε), so it is drawn again here from a fresh generator with that seed.
+        """
+        if self.pixel_space:
+            return None
+        if not isinstance(self.dataset, LatentShards):
+            raise ValueError(f"{type(self.dataset).__name__} data has no stored images")
+        flips = torch.stack([torch.randint(0, 2, (), generator=torch.Generator().manual_seed(
+            draw_seed(self.seed, step, i))) for i in indices]).bool()
+        images = self.dataset.get_images(indices, flips)
+        if self.device.type == "cuda":
+            images = images.pin_memory()
+        return images.to(self.device, non_blocking=True)
+
 
 def build_data_source(config: Any, info: DistInfo) -> DataSource:
     """The data source a ``TrainConfig.data`` spec names."""

@@ -4,8 +4,8 @@ The loop owns the run folder, the optimizer, EMA, checkpoints, logging and the d
 the loss (``objective.loss(model, x0, y) -> dict of per-sample tensors``) and the backbone owns the network.
 
 Exactness: the batch of step ``s`` comes from :class:`StepBatchSampler` and every random draw of step ``s``
-(timesteps, noise, label dropout) follows ``torch.manual_seed(step_seed(seed, rank, s))``, so a resumed run
-repeats an uninterrupted one bit for bit on CPU.
+(timesteps, noise, label dropout) follows ``torch.manual_seed(step_seed(seed, rank, s))`` (and numpy's global
+seed, for MDT's numpy timestep draw), so a resumed run repeats an uninterrupted one bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -177,7 +178,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     data = build_data_source(config, info)
     torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run of this config
     model = set_attention_backend(build_model(config, data).to(info.device), config.attention)
-    objective = build_objective(config, model=model, codec=data.codec)
+    objective = build_objective(config, model=model, data=data)
+    wants_images = getattr(objective, "needs_images", False)  # REPA: the real images of each batch
     objective_params = trainable_parameters(objective)  # e.g. REPA's projector, trained with the backbone
     trained_objective = objective.to(info.device) if objective_params else None
     ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
@@ -212,8 +214,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         for step, indices in zip(range(start, config.steps), sampler, strict=False):
             # Data and randomness of this step are functions of (seed, rank, step) alone.
             x0, y = data.batch(indices, step=step)
+            extra = {"images": data.images(indices, step)} if wants_images else {}
             torch.manual_seed(step_seed(config.seed, info.rank, step))
-            window.append(optimisation_step(parts, x0, y, step, learning_rate(config, step)))
+            np.random.seed(step_seed(config.seed, info.rank, step) % 2**32)  # MDT draws t with numpy
+            window.append(optimisation_step(parts, x0, y, step, learning_rate(config, step), **extra))
             done = step + 1
             bar.update(1)
             saving = done % config.ckpt_every == 0 or done == config.steps

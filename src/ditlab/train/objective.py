@@ -19,14 +19,15 @@ from ..objectives.masked import MaskedDiffusionObjective
 OBJECTIVES = ("diffusion", "mdt", "flow")
 
 
-def build_objective(config: Any, model: nn.Module | None = None, codec: Any = None) -> Any:
-    """The objective object for a TrainConfig (``model``/``codec``: size REPA's projector, decode its images)."""
+def build_objective(config: Any, model: nn.Module | None = None, data: Any = None) -> Any:
+    """The objective object for a TrainConfig (``model`` sizes REPA's projector; ``data``, a DataSource, is
+    checked to hold the real images REPA aligns to)."""
     if config.objective == "diffusion":
         return GaussianDiffusion(config.diffusion)
     if config.objective == "mdt":
         return MaskedDiffusionObjective(GaussianDiffusion(config.diffusion))
     if config.objective == "flow":
-        return build_flow_objective(config, model, codec)
+        return build_flow_objective(config, model, data)
     raise ValueError(f"objective={config.objective!r} is not one of {', '.join(OBJECTIVES)}")
 
 
@@ -37,18 +38,21 @@ def required_out_channels(config: Any, in_channels: int) -> int:
     return in_channels
 
 
-def build_flow_objective(config: Any, model: nn.Module | None, codec: Any = None) -> Any:
+def build_flow_objective(config: Any, model: nn.Module | None, data: Any = None) -> Any:
     """Flow matching, wrapped with REPA (projector + frozen DINOv2 from ``config.repa.encoder_path``) when on."""
     flow = FlowMatching(config.flow)
     if not config.repa.enabled:
         return flow
-    from ..models.repa import REPAFlowMatching, load_dinov2
+    from ..objectives import dinov2
+    from ..objectives.repa import REPAFlowMatching
 
     path = config.repa.check_encoder_path()
     if model is None:
         raise ValueError("REPA needs the backbone to size its projector; pass model=")
-    to_images = None if codec is None else codec.decode
-    return REPAFlowMatching(flow, config.repa, model.config.hidden_size, load_dinov2(path), to_images)
+    if data is not None and not data.has_images:
+        raise ValueError(f"REPA aligns to the real images, but data={config.data!r} holds latents without them; "
+                         "extract with `ditlab extract-latents --images true`")
+    return REPAFlowMatching(flow, config.repa, model.config.hidden_size, dinov2.load_dinov2(path))
 
 
 def sampling_config(config: Any) -> Any:

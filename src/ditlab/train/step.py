@@ -46,12 +46,15 @@ class StepStats:
     grad_norm: Tensor
 
 
-def optimisation_step(parts: StepParts, x0: Tensor, y: Tensor, step: int, lr: float) -> StepStats:
-    """Forward under autocast, backward, optional clipping, optimizer and EMA updates; no host sync."""
+def optimisation_step(parts: StepParts, x0: Tensor, y: Tensor, step: int, lr: float, **extra: Tensor | None,
+                      ) -> StepStats:
+    """Forward under autocast, backward, optional clipping, optimizer and EMA updates; no host sync.
+
+    ``extra`` goes to the objective's loss (REPA: ``images``, the real images of the batch)."""
     for group in parts.optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)  # e.g. S4D's A and Δ train at a scaled rate
     with parts.autocast:
-        terms = parts.objective.loss(parts.net, x0, y)
+        terms = parts.objective.loss(parts.net, x0, y, **extra)
     loss = terms["loss"].mean()
     names = ["loss"] + [k for k in terms if k != "loss"]
     mean_terms = all_reduce_mean(torch.stack([terms[k].detach().float().mean() for k in names]))
