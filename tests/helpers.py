@@ -47,3 +47,23 @@ def small_objective(family: str):
         return FlowMatching(FlowConfig())
     diffusion = GaussianDiffusion(DiffusionConfig())
     return MaskedDiffusionObjective(diffusion) if family == "MDTv2" else diffusion
+
+
+class StandInInception(torch.nn.Module):
+    """Stands in for the FID Inception in plumbing tests (caching, training-time FID): fixed random projections
+    of 4x4-pooled pixels, 6 "pool" and 3 "spatial" features, no logits head, any image size."""
+
+    has_logits = False
+
+    def __init__(self, weights_file=None):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(4 * 4 * 3, 6, generator=g), requires_grad=False)
+        self.weights_file = weights_file
+        self.images_seen = 0
+
+    def forward(self, images):
+        self.images_seen += len(images)
+        x = torch.nn.functional.adaptive_avg_pool2d(images.permute(0, 3, 1, 2).float() / 255, 4)
+        feats = x.flatten(1) @ self.w
+        return {"pool": feats, "spatial": feats[:, :3]}

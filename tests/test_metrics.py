@@ -98,11 +98,14 @@ def test_adm_npz_round_trip_streams_batches(tmp_path):
 class TinyFeatures(torch.nn.Module):
     """Stands in for the Inception in plumbing tests: fixed random projections of the pixels."""
 
-    def __init__(self):
+    has_logits = True
+
+    def __init__(self, weights_file=None):
         super().__init__()
         g = torch.Generator().manual_seed(0)
         self.w = torch.nn.Parameter(torch.randn(4 * 4 * 3, 6, generator=g), requires_grad=False)
         self.calls = 0
+        self.weights_file = weights_file
 
     def forward(self, images):
         self.calls += 1
@@ -111,15 +114,16 @@ class TinyFeatures(torch.nn.Module):
 
 
 def test_evaluate_caches_reference_and_prefers_its_stored_statistics(tmp_path, monkeypatch):
-    import ditlab.eval.inception as inception_mod
-    from ditlab.eval.reference import EvaluateConfig, run_evaluate
+    import ditlab.eval.score as score_mod
+    from ditlab.eval.evaluate import EvaluateConfig, run_evaluate
 
     rng = np.random.default_rng(4)
     ref = write_npz(tmp_path / "ref.npz", rng.integers(0, 256, (12, 4, 4, 3), dtype=np.uint8))
     smp = write_npz(tmp_path / "smp.npz", rng.integers(0, 256, (10, 4, 4, 3), dtype=np.uint8))
     (tmp_path / "w.pth").write_bytes(b"weights stand-in")
-    net = TinyFeatures()
-    monkeypatch.setattr(inception_mod, "load_fid_inception", lambda path, device: net)
+    net = TinyFeatures(tmp_path / "w.pth")
+    monkeypatch.setattr(score_mod, "load_fid_inception", lambda path, device: net)
+    score_mod.cached_inception.cache_clear()
     config = EvaluateConfig(samples=str(smp), reference=str(ref), inception=str(tmp_path / "w.pth"), batch_size=4,
                             split_size=5, device="cpu", progress=False)
     first = run_evaluate(config)
@@ -140,14 +144,37 @@ def test_evaluate_caches_reference_and_prefers_its_stored_statistics(tmp_path, m
     mu, sigma = feature_statistics(feats["pool"].numpy())
     assert third["fid"] == pytest.approx(frechet_distance(mu, sigma, stats["mu"], stats["sigma"]))
     assert third["precision"] == first["precision"]  # P/R still use the reference images
+    score_mod.cached_inception.cache_clear()
 
 
 def test_evaluate_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    import ditlab.eval.inception as inception_mod
+    import ditlab.eval.score as score_mod
     from ditlab.cli import main
 
     monkeypatch.delenv("DITLAB_INCEPTION", raising=False)
+    monkeypatch.setattr(inception_mod, "fid_helper_weights", lambda: None)  # as without ditlab[fid]
+    score_mod.cached_inception.cache_clear()
     path = write_npz(tmp_path / "s.npz", np.zeros((4, 4, 4, 3), np.uint8))
     assert main(["evaluate", "--samples", str(path), "--reference", str(path)]) == 2
     assert "DITLAB_INCEPTION" in capsys.readouterr().err
     assert main(["evaluate", "--samples", str(tmp_path / "none.npz"), "--reference", str(path)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_frechet_distance_to_few_features_is_exact_and_equals_adm_when_full_rank():
+    from ditlab.eval.metrics import frechet_distance_to_features
+
+    rng = np.random.default_rng(7)
+    ref = rng.standard_normal((40, 6)) @ rng.standard_normal((6, 6))
+    mu, sigma = feature_statistics(ref)
+    full = rng.standard_normal((30, 6)) + 0.5
+    assert frechet_distance_to_features(mu, sigma, full) == frechet_distance(*feature_statistics(full), mu, sigma)
+    few = rng.standard_normal((4, 6)) * 2  # rank-3 covariance: sqrtm(Σx Σ) is singular
+    # Exact: Tr(Σx Σ)^½ = Σ √λ(Σx^½ Σ Σx^½), with Σx^½ from its eigendecomposition.
+    mu_x, sigma_x = feature_statistics(few)
+    w, v = np.linalg.eigh(sigma_x)
+    root = (v * np.sqrt(w.clip(min=0))) @ v.T
+    trace = np.sqrt(np.linalg.eigvalsh(root @ sigma @ root).clip(min=0)).sum()
+    exact = np.square(mu_x - mu).sum() + np.trace(sigma_x) + np.trace(sigma) - 2 * trace
+    assert frechet_distance_to_features(mu, sigma, few) == pytest.approx(exact, rel=1e-7)

@@ -19,6 +19,7 @@ EPILOG_TRAIN = """examples:
   ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --max-grad-norm 1 --min-snr-gamma 5 --lr 5e-4 ...
                                                     # MDTv2's recipe (official train_util.py: Adan, max_grad_norm=1)
   ditlab train --model DDT --objective flow --model-args '{"num_blocks": 6, "num_encoder_blocks": 4}' ...
+  ditlab train --data fashion-mnist --fid-every 1000 --fid-samples 2000 ...   # FID curve in metrics.jsonl, curves.png
   torchrun --standalone --nproc_per_node=8 -m ditlab train --model DiT-XL/2 ...   # DDP, one process per GPU
 """
 
@@ -44,7 +45,7 @@ def _train_sections():
 
 
 _RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints",
-                    "save_on_signal", "dist_timeout")
+                    "save_on_signal", "dist_timeout", "fid_every", "fid_samples", "fid_reference", "fid_inception")
 
 
 def _train_config(args: argparse.Namespace):
@@ -101,7 +102,7 @@ def _cmd_extract_latents(args: argparse.Namespace) -> int:
 
     config = ExtractConfig(**dataclass_overrides(args, ExtractConfig))
     if not config.data:
-        raise ValueError("--data is required (an image folder root/<class>/<image>)")
+        raise ValueError("--data is required (an image folder root/<class>/<image>, fashion-mnist[:DIR] or mnist:DIR)")
     try:
         index = run_extract(config)
     finally:
@@ -124,12 +125,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .eval.reference import EvaluateConfig, run_evaluate
+    from .eval.evaluate import EvaluateConfig, run_evaluate
 
     result = run_evaluate(EvaluateConfig(**dataclass_overrides(args, EvaluateConfig)))
     for key, label in (("inception_score", "Inception Score"), ("fid", "FID"), ("sfid", "sFID"),
                        ("precision", "Precision"), ("recall", "Recall")):
-        print(f"{label}: {result[key]}")
+        if key in result:
+            print(f"{label}: {result[key]}")
+    print(f"({result['num_samples']} samples, {result['num_reference']} reference images; "
+          f"Inception weights {result['inception']})")
     return 0
 
 
@@ -180,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=_cmd_train)
 
     from .data.latents import ExtractConfig
-    from .eval.reference import EvaluateConfig
+    from .eval.evaluate import EvaluateConfig
     from .sample import SampleConfig
 
     ex = sub.add_parser("extract-latents", help="encode an image folder once into VAE latent shards",
@@ -195,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_flags(sa, SampleConfig)
     sa.set_defaults(func=_cmd_sample)
 
-    ev = sub.add_parser("evaluate", help="FID, sFID, IS, Precision, Recall of a sample .npz vs a reference .npz",
-                        description=__import__("ditlab.eval.reference", fromlist=["x"]).__doc__,
+    ev = sub.add_parser("evaluate", help="FID, sFID, IS, Precision, Recall of a sample .npz vs a reference "
+                                         "(.npz or dataset)",
+                        description=__import__("ditlab.eval.evaluate", fromlist=["x"]).__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_flags(ev, EvaluateConfig)
     ev.set_defaults(func=_cmd_evaluate)

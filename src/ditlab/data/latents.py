@@ -40,22 +40,27 @@ from tqdm.auto import tqdm
 
 from ..utils.distributed import barrier, init_distributed
 from ..utils.files import atomic_write, check_or_write_identity
+from .idx import FITS, IDXDataset, parse_idx_spec
 from .images import BadImageError, ImageFolder, to_model_tensor
 
 INDEX_FILE = "index.json"
 CONFIG_FILE = "extract.json"
 FORMAT = "ditlab-latents/1"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+SourceImages = ImageFolder | IDXDataset  # what extraction reads: .load(i) -> (uint8 RGB, label), .classes
+ADM_IMAGE_SIZE = 256  # image folders
+IDX_IMAGE_SIZE = 32  # (fashion-)mnist: 28x28 fit to 32 (a multiple of the VAE's factor 8)
 
 
 @dataclass
 class ExtractConfig:
-    """``ditlab extract-latents``: encode an image folder once into latent shards."""
+    """``ditlab extract-latents``: encode an image folder (or MNIST / Fashion-MNIST) once into latent shards."""
 
-    data: str = ""  # image folder: root/<class>/<image>, classes = sorted sub-folders
+    data: str = ""  # image folder root/<class>/<image> (classes = sorted sub-folders), or fashion-mnist[:DIR][:test]
     out: str = "latents"  # output folder (shards + index.json); rerun the same command to resume
     vae: str = "stabilityai/sd-vae-ft-ema"  # VAE folder or cached hub id; "identity" stores pixels
-    image_size: int = 256  # ADM center-crop side (256 or 512 in the papers)
+    image_size: int | None = None  # ADM center-crop side (256 or 512 in the papers); None = 256, (fashion-)mnist 32
+    image_fit: str = "pad"  # (fashion-)mnist only: 28x28 to image_size by "pad" (zero border) or "resize" (bilinear)
     num_classes: int | None = None  # classes the model will have; fewer class folders is an error
     shard_size: int = 1024  # images per shard
     batch_size: int = 32  # images per VAE forward
@@ -67,6 +72,11 @@ class ExtractConfig:
     progress: bool = True  # tqdm bar on rank 0
 
     def __post_init__(self) -> None:
+        is_idx = parse_idx_spec(self.data) is not None
+        if self.image_size is None:
+            self.image_size = IDX_IMAGE_SIZE if is_idx else ADM_IMAGE_SIZE
+        if self.image_fit not in FITS:
+            raise ValueError(f"image_fit={self.image_fit!r} is not one of {', '.join(FITS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r} is not one of {', '.join(DTYPES)}")
         for name in ("shard_size", "batch_size", "image_size"):
@@ -76,6 +86,7 @@ class ExtractConfig:
     def identity(self, num_files: int) -> dict[str, Any]:
         """What must be equal for a rerun to continue a previous extraction."""
         keys = ("data", "vae", "image_size", "shard_size", "dtype", "skip_bad")
+        keys += ("image_fit",) if parse_idx_spec(self.data) is not None else ()  # image folders: as before
         identity = {**{k: getattr(self, k) for k in keys}, "num_files": num_files, "format": FORMAT}
         if self.images:  # only when on, so extractions made before this option still resume
             identity["images"] = True
@@ -92,7 +103,21 @@ def shard_ranges(num_images: int, shard_size: int) -> list[range]:
 
 
 
-def encode_shard(dataset: ImageFolder, codec: Any, indices: range, batch_size: int, skip_bad: bool,
+def open_dataset(config: ExtractConfig) -> SourceImages:
+    """The images to encode: an image folder, or an MNIST / Fashion-MNIST split (grayscale repeated to RGB)."""
+    spec = parse_idx_spec(config.data)
+    if spec is None:
+        return ImageFolder(config.data, config.image_size, config.num_classes)
+    dataset = IDXDataset(spec, config.image_size, config.image_fit)
+    if config.num_classes is not None:
+        if config.num_classes < dataset.num_classes:
+            raise ValueError(f"num_classes={config.num_classes} is below the {dataset.num_classes} classes of "
+                             f"{config.data}")
+        dataset.num_classes = config.num_classes
+    return dataset
+
+
+def encode_shard(dataset: SourceImages, codec: Any, indices: range, batch_size: int, skip_bad: bool,
                  dtype: torch.dtype, store_images: bool = False) -> tuple[dict[str, Tensor], list[str]]:
     """Tensors of one shard (posterior of each image and its flip, the uint8 images when asked) and the
     unreadable files skipped."""
@@ -143,7 +168,7 @@ def _shard_summary(path: Path) -> dict[str, Any]:
     return {"file": path.name, "count": count, "skipped": skipped}
 
 
-def write_index(out: Path, dataset: ImageFolder, codec: Any, config: ExtractConfig, num_shards: int) -> Path:
+def write_index(out: Path, dataset: SourceImages, codec: Any, config: ExtractConfig, num_shards: int) -> Path:
     """Write ``index.json`` from the shards on disk (all must exist)."""
     shards = [_shard_summary(shard_path(out, k)) for k in range(num_shards)]
     with safe_open(str(shard_path(out, 0)), framework="pt") as f:
@@ -178,7 +203,7 @@ def extract_latents(config: ExtractConfig, codec: Any = None, rank: int = 0, wor
     from ..vae import load_codec
 
     out = Path(config.out)
-    dataset = ImageFolder(config.data, config.image_size, config.num_classes)
+    dataset = open_dataset(config)
     out.mkdir(parents=True, exist_ok=True)
     check_or_write_identity(out / CONFIG_FILE, config.identity(len(dataset)), rank == 0, "a different extraction")
     if codec is None:

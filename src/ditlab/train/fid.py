@@ -1,0 +1,128 @@
+"""FID while training (``--fid-every N --fid-samples K``).
+
+Every N steps the EMA model samples K images with the run's grid sampler (``sample_steps``, ``sample_cfg``),
+labels ``i mod num_classes`` (class-balanced) and per-image seeds ``FID_SEED_OFFSET + seed + i`` (the same
+noise at every evaluation, so the curve shows the model changing, not the noise). Under torchrun rank r draws
+images r, r + W, r + 2W, ... and rank 0 gathers them in index order, so the images (hence the FID) do not
+depend on the number of processes. Rank 0 scores them against the reference statistics, computed once (and
+cached, see :mod:`ditlab.eval.score`) at the start: by default the training data's train split at the model's
+image size and fit.
+
+Nothing here touches the training RNG streams (sampling uses per-image generators and every training step
+re-seeds), so a resumed run still repeats an uninterrupted one exactly.
+
+``train_flops`` is the ledger's cost (:mod:`ditlab.flops`): steps × global batch × 3 × forward FLOPs of one
+image (2 FLOPs per multiply-accumulate; matmuls and convolutions), the papers' convention; extra passes of an
+objective (MDT's masked pass, REPA's encoder) are not in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..data.idx import parse_idx_spec
+from ..utils.distributed import DistInfo, barrier, is_distributed
+
+FID_SEED_OFFSET = 1_000_000  # keeps FID noise apart from the grids' seeds (seed + i)
+FID_METRICS = ("fid",)
+
+
+@dataclass
+class FIDState:
+    """What rank 0 keeps between evaluations (the other ranks hold ``reference=None``)."""
+
+    reference: dict[str, np.ndarray] | None
+    reference_name: str
+    flops_per_step: float  # training FLOPs of one optimizer step (ledger convention)
+
+
+def reference_spec(config: Any) -> str:
+    """``config.fid_reference``, else the training data's train split (IDX datasets); other data needs one."""
+    if config.fid_reference:
+        return config.fid_reference
+    spec = parse_idx_spec(config.data)
+    if spec is None:
+        raise ValueError(f"--fid-every needs --fid-reference (a dataset spec such as fashion-mnist:train, or an "
+                         f"ADM .npz) for data={config.data!r}; only MNIST/Fashion-MNIST data have a default")
+    return str(dataclasses.replace(spec, split="train", limit=None))
+
+
+def flops_per_step(model: nn.Module, config: Any) -> float:
+    """Ledger FLOPs of one optimizer step: 3 × forward (2 per MAC) × global batch, counted on the meta device."""
+    from ..flops import FLOPS_PER_MAC, TRAIN_TO_FORWARD, count
+
+    fields = dataclasses.asdict(model.config)
+    row = count(config.model, image_size=fields["input_size"], latent_downsample=1, **fields)
+    return TRAIN_TO_FORWARD * FLOPS_PER_MAC * row.gmacs * 1e9 * config.global_batch
+
+
+def prepare(config: Any, model: nn.Module, image_size: int, info: DistInfo) -> FIDState:
+    """Reference statistics on rank 0 (computed or read from the cache) while the other ranks wait."""
+    name = reference_spec(config)
+    reference = None
+    if info.is_main:
+        from ..eval.score import reference_statistics  # scipy and the Inception load only when FID is on
+
+        reference = reference_statistics(name, image_size=image_size, fit=config.image_fit,
+                                         device=str(info.device), progress=config.progress,
+                                         inception=config.fid_inception)
+    barrier()
+    return FIDState(reference, name, flops_per_step(model, config))
+
+
+def rank_share(num_images: int, info: DistInfo) -> range:
+    """The contiguous block of FID image indices this rank samples (blocks in rank order tile 0..K-1)."""
+    per, extra = divmod(num_images, info.world_size)
+    start = info.rank * per + min(info.rank, extra)
+    return range(start, start + per + (info.rank < extra))
+
+
+def sample_images(model: nn.Module, config: Any, codec: Any, indices: range, num_classes: int) -> np.ndarray:
+    """uint8 (n, H, W, C) images number ``indices`` of the FID set, with the grids' sampler; image i has label
+    i mod num_classes and seed FID_SEED_OFFSET + seed + i. The one call into the sampling layer."""
+    from ..imageio import to_uint8
+    from ..sampling.generate import generate
+    from .objective import sampling_config
+
+    out = []
+    for start in range(indices.start, indices.stop, max(1, config.global_batch)):
+        part = range(start, min(start + config.global_batch, indices.stop))
+        labels = torch.tensor([i % num_classes for i in part])
+        images = generate(model, sampling_config(config), labels, sampler_steps=config.sample_steps,
+                          cfg_scale=config.sample_cfg, seed=FID_SEED_OFFSET + config.seed + start, codec=codec)
+        out.append(to_uint8(images))
+    return np.concatenate(out) if out else np.zeros((0, 0, 0, 0), np.uint8)
+
+
+def gather_to_main(images: np.ndarray, info: DistInfo) -> np.ndarray | None:
+    """Every rank's block on rank 0, in rank (= index) order; None on the other ranks."""
+    if not is_distributed():
+        return images
+    blocks = [None] * info.world_size if info.is_main else None
+    dist.gather_object(images, blocks, dst=0)
+    return np.concatenate([b for b in blocks if len(b)]) if info.is_main else None
+
+
+def evaluate(state: FIDState, model: nn.Module | None, config: Any, codec: Any, num_classes: int, step: int,
+             info: DistInfo, split: bool) -> dict[str, Any] | None:
+    """Sample (split over ranks when ``split``, else rank 0 alone), gather, score: the metrics row on rank 0."""
+    tic = time.perf_counter()
+    share = rank_share(config.fid_samples, info) if split else range(config.fid_samples if info.is_main else 0)
+    local = sample_images(model, config, codec, share, num_classes) if len(share) else np.zeros((0,), np.uint8)
+    images = gather_to_main(local, info) if split else (local if info.is_main else None)
+    if not info.is_main:
+        return None
+    from ..eval.score import score_images
+
+    scores = score_images(images, state.reference, metrics=FID_METRICS, device=str(info.device),
+                          inception=config.fid_inception)
+    return {"step": step, "fid": scores["fid"], "fid_samples": len(images), "fid_reference": state.reference_name,
+            "train_flops": step * state.flops_per_step, "fid_seconds": time.perf_counter() - tic}
