@@ -175,6 +175,18 @@ def test_guidance_settings_reach_the_cfg_wrapper_and_the_process():
     assert torch.equal(ours, reference)
 
 
+@pytest.mark.parametrize("sampler", [DDPM("4", clip_denoised=True), DDIM(4, eta=1.0, clip_denoised=True)])
+def test_clip_denoised_reaches_the_gaussian_samplers(sampler):
+    torch.manual_seed(0)
+    model = ditlab.create_model("DiT", **SMALL_MODELS["DiT"], learn_sigma=False).eval()
+    for p in model.final_layer.parameters():  # an ε prediction far off, so x0 leaves [-1, 1]
+        p.data.normal_(std=0.5)
+    objective = DiffusionConfig(learn_sigma=False)
+    clipped = generate_latents(model, objective, LABELS, sampler)
+    free = generate_latents(model, objective, LABELS, dataclasses.replace(sampler, clip_denoised=False))
+    assert clipped.abs().max() <= 1.0 + 1e-3 and free.abs().max() > 1.5
+
+
 def test_sampler_and_guidance_must_fit_the_objective():
     model = ditlab.create_model("DiT", **SMALL_MODELS["DiT"])
     cases = [
@@ -212,6 +224,8 @@ def test_parse_sampler_strings():
     assert parse_sampler("250", gaussian) == DDPM("250") == parse_sampler("ddpm250", gaussian)
     assert parse_sampler("10,20,30", gaussian) == DDPM("10,20,30")
     assert parse_sampler(" DDIM50 ", gaussian, eta=0.5) == DDIM(50, eta=0.5)
+    assert parse_sampler("4", gaussian, clip_denoised=True) == DDPM("4", clip_denoised=True)
+    assert parse_sampler("ddim4", flow, eta=1.0, clip_denoised=True) == Euler(4)  # Gaussian-only options
     assert parse_sampler("250", flow) == Euler(250) == parse_sampler("euler250", flow) == parse_sampler("ddim250", flow)
     assert parse_sampler("heun12", flow) == Heun(12) and parse_sampler("heun-exact12", flow) == Heun(12, exact=True)
     assert parse_sampler("sde50", flow) == EulerMaruyama(50) and parse_sampler("ddt250", flow) == DDTEuler(250)

@@ -107,6 +107,7 @@ class DDPM(GaussianSampler):
     """Ancestral sampling (Ho et al. 2020, Algorithm 2), as guided-diffusion's ``p_sample_loop``."""
 
     steps: str = "250"  # respacing: "250" (DiT's FID setting), "1000", or sections "10,20,30"
+    clip_denoised: bool = False  # clamp each predicted x0 to [-1, 1] (ADM for pixel models; DiT's latents: off)
 
     def __post_init__(self) -> None:
         counts = str(self.steps).split(",")
@@ -119,7 +120,8 @@ class DDPM(GaussianSampler):
 
     def sample(self, denoiser: Denoiser, noise: Tensor, objective: DiffusionConfig, generator: Generators = None,
                progress: bool = False) -> Tensor:
-        return sample_ddpm(self.process(objective), denoiser, noise, generator=generator, progress=progress)
+        return sample_ddpm(self.process(objective), denoiser, noise, clip_denoised=self.clip_denoised,
+                           generator=generator, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class DDIM(GaussianSampler):
 
     steps: int = 50
     eta: float = 0.0  # 0 = deterministic; 1 = DDPM-like noise
+    clip_denoised: bool = False  # clamp each predicted x0 to [-1, 1] (ADM for pixel models; DiT's latents: off)
 
     def __post_init__(self) -> None:
         if self.steps < 1:
@@ -141,8 +144,8 @@ class DDIM(GaussianSampler):
 
     def sample(self, denoiser: Denoiser, noise: Tensor, objective: DiffusionConfig, generator: Generators = None,
                progress: bool = False) -> Tensor:
-        return sample_ddim(self.process(objective), denoiser, noise, eta=self.eta, generator=generator,
-                           progress=progress)
+        return sample_ddim(self.process(objective), denoiser, noise, eta=self.eta, clip_denoised=self.clip_denoised,
+                           generator=generator, progress=progress)
 
 
 # ----------------------------------------------------------------------------
