@@ -43,7 +43,7 @@ def sample_and_score(model: torch.nn.Module, cfg: Any, run_dir: Path, process: A
     labels = torch.arange(10).repeat_interleave(cfg.samples_per_class)
     tic = time.perf_counter()
     images = generate(model, process, labels, sampler_steps=cfg.sampler_steps, cfg_scale=cfg.cfg_scale,
-                      seed=cfg.seed, progress=cfg.progress, clip_denoised=True)  # pixels: x0 in [-1, 1], as ADM
+                      seed=cfg.seed, progress=cfg.progress, clip_denoised=cfg.clip_denoised)
     sample_seconds = time.perf_counter() - tic
     per_class = images.reshape(10, cfg.samples_per_class, *images.shape[1:])
     grid_path = save_grid(per_class[:, :10].reshape(-1, *images.shape[1:]), run_dir / "samples.png", nrow=10,
