@@ -46,9 +46,10 @@ def test_flops_command_prints_the_ledger(capsys):
     (["train", "--prediction", "score"], "unknown prediction 'score'; allowed: eps, x0, v"),
     (["flops", "DiT-XXL/2"], "unknown model 'DiT-XXL/2'"),
     (["train", "--model-args", '{"patch_size": 3}'], "input_size=16 is not divisible by patch_size=3"),
+    (["demo", "--model-args", '{"depth": 1.5}', "--steps", "1"], "DiT argument depth=1.5 must be int, not float"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, message):
-    code = main([*argv, "--run-dir", str(tmp_path / "r")] if argv[0] == "train" else argv)
+    code = main([*argv, "--run-dir", str(tmp_path / "r")] if argv[0] in ("train", "demo") else argv)
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ditlab: error: ") and message in err[0], err
@@ -71,3 +72,4 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     foreign.mkdir()
     assert main(["demo", "--run-dir", str(foreign)]) == 2
     assert "is not a ditlab demo folder" in capsys.readouterr().err
+

@@ -97,3 +97,59 @@ def test_images_data_source_flips_reproducibly_per_step(tmp_path):
     assert any(not torch.equal(batches[0], b) for b in batches[1:])
     with pytest.raises(ValueError, match="needs a folder"):
         build_data_source(SimpleNamespace(data="images:", seed=0, image_size=8), info)
+
+
+# ----------------------------------------------------------------------------
+# Issue 14: 16-bit and float images, symbolic links, empty classes.
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    ramp = np.arange(64, dtype=np.float64).reshape(8, 8) / 63  # 0..1
+    expected = np.round(ramp * 255).astype(np.uint8)
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.round(ramp * 65535).astype(np.uint16)).save(tmp_path / "a" / "gray16.png")  # mode I;16
+    Image.fromarray(np.round(ramp * 65535).astype(np.int32)).save(tmp_path / "a" / "gray32.tif")  # mode I
+    Image.fromarray(ramp.astype(np.float32)).save(tmp_path / "a" / "float.tif")  # mode F
+    ds = ImageFolder(tmp_path, 8)
+    assert [Image.open(p).mode for p, _ in ds.files] == ["F", "I;16", "I"]
+    for i in range(3):
+        image, _ = ds.load(i)
+        assert np.abs(image.astype(int) - expected[..., None]).max() <= 1, ds.files[i][0]  # rounding of float32
+
+
+def test_float_or_wide_images_out_of_range_are_refused_by_name(tmp_path):
+    (tmp_path / "a").mkdir()
+    Image.fromarray(np.full((8, 8), 200.0, np.float32)).save(tmp_path / "a" / "f255.tif")
+    Image.fromarray(np.full((8, 8), 70000, np.int32)).save(tmp_path / "a" / "i32.tif")
+    random_image(8, 8, seed=0).save(tmp_path / "a" / "ok.png")
+    ds = ImageFolder(tmp_path, 8)
+    with pytest.raises(BadImageError, match=r"f255\.tif: float pixels \(F\) outside 0\.\.1 \(found 200\.\.200\)"):
+        ds.load(0)
+    with pytest.raises(BadImageError, match=r"i32\.tif: 16-bit pixels \(I\) outside 0\.\.65535"):
+        ds.load(1)
+    assert [p.name for p in ImageFolder(tmp_path, 8, skip_bad=True).skipped] == ["f255.tif", "i32.tif"]
+
+
+def test_links_into_the_root_or_to_listed_folders_are_skipped(tmp_path):
+    root = make_folder(tmp_path / "d")
+    outside = make_folder(tmp_path / "outside", classes=("x",), per_class=2)
+    (root / "zebra").symlink_to(root / "cat")  # a second label for cat's images
+    (root / "ant" / "more").symlink_to(root / "cat")  # cat's images under ant
+    (root / "ant" / "copy.png").symlink_to(root / "cat" / "0.png")
+    (root / "bird").symlink_to(outside / "x")  # a new place: a real class
+    (root / "cat" / "again").symlink_to(outside / "x")  # already listed as bird
+    (root / "cat" / "loop").symlink_to(tmp_path)  # contains the root
+    with pytest.warns(UserWarning, match="skipped 5 symbolic link"):
+        ds = ImageFolder(root, 8)
+    assert ds.classes == ["ant", "bird", "cat"] and len(ds) == 8
+    assert [p.relative_to(root).as_posix() for p, label in ds.files if label == 1] == ["bird/0.png", "bird/1.png"]
+    assert len({p.resolve() for p, _ in ds.files}) == 8  # no image twice
+
+
+def test_empty_class_folder_is_refused_by_name(tmp_path):
+    root = make_folder(tmp_path / "d")
+    (root / "bee").mkdir()
+    (root / "bee" / ".DS_Store").write_text("")
+    with pytest.raises(ValueError, match="class folder\\(s\\) without images: bee; each sub-folder is a class"):
+        ImageFolder(root, 8)
+

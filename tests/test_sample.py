@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,3 +141,178 @@ def test_attention_backend_is_a_speed_option_not_part_of_the_identity(checkpoint
     assert np.abs(sdpa.astype(int) - explicit.astype(int)).max() <= 1  # the same images up to rounding
     with pytest.raises(ValueError, match="attention='flash' is not one of sdpa, explicit, flex"):
         cfg(checkpoint, tmp_path / "c.npz", attention="flash")
+
+
+# ----------------------------------------------------------------------------
+# Issue 14: refusals before any work, non-finite outputs, content-pinned resume, 1-channel checkpoints.
+
+
+def _save_scaled(tmp_path, name, scale):
+    """The tiny checkpoint with every weight of the final layer multiplied by ``scale`` (NaN or an overflow)."""
+    torch.manual_seed(0)
+    model = create_model("DiT", **TINY)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        model.final_layer.linear.weight.mul_(scale)
+    path = tmp_path / name
+    save_weights(path, model.state_dict(), {"family": "DiT", "config": dataclasses.asdict(model.config),
+                                            "diffusion": dataclasses.asdict(DiffusionConfig()), "step": 10})
+    return path
+
+
+@pytest.mark.parametrize("setting", [dict(cfg_scale=float("nan")), dict(cfg_scale=float("inf")),
+                                     dict(eta=float("nan")), dict(cfg_power=float("nan")),
+                                     dict(cfg_interval=(float("nan"), 1.0)), dict(seed=-1)])
+def test_non_finite_or_overflowing_settings_are_refused(tmp_path, setting):
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=f"^{name}="):
+        cfg("unused.safetensors", tmp_path / "x.npz", **setting)
+
+
+def test_non_finite_weights_or_outputs_fail_naming_checkpoint_and_chunk(tmp_path):
+    nan = _save_scaled(tmp_path, "nan.safetensors", float("nan"))
+    with pytest.raises(ValueError, match=r"nan\.safetensors has non-finite values \(NaN/inf\) in final_layer"):
+        run_sample(cfg(nan, tmp_path / "a.npz"))
+    assert not (tmp_path / "a.npz").exists() and not (tmp_path / "a.npz.parts").exists()
+    huge = _save_scaled(tmp_path, "huge.safetensors", 1e38)  # finite weights whose outputs overflow to inf/NaN
+    with pytest.raises(ValueError, match=r"huge\.safetensors gave non-finite images \(NaN/inf\) in chunk 0 "
+                                         r"\(images 0\.\.1\)"):
+        run_sample(cfg(huge, tmp_path / "b.npz"))
+    assert not (tmp_path / "b.npz").exists()
+
+
+def test_bad_output_paths_are_refused_before_any_work(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(sample_mod, "sample_chunk", lambda *a: pytest.fail("sampled before checking the outputs"))
+    (tmp_path / "folder.npz").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = [(dict(out=tmp_path / "folder.npz"), "folder.npz is a folder"),
+             (dict(out=tmp_path / "afile" / "s.npz"), "afile is a file, not a folder"),
+             (dict(png_dir=str(tmp_path / "afile")), "--png-dir .*afile is a file, not a folder"),
+             (dict(grid=str(tmp_path / "folder.npz")), "--grid .*folder.npz is a folder"),
+             (dict(grid=str(tmp_path / "grid.npz")), "Pillow cannot write .npz")]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            run_sample(cfg(checkpoint, **{"out": tmp_path / "s.npz", **change}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder.npz", checkpoint.name]  # no leftovers
+
+
+def test_read_only_output_folder_is_refused_before_any_work(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(sample_mod, "sample_chunk", lambda *a: pytest.fail("sampled before checking the outputs"))
+    if os.geteuid() != 0:
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+    elif os.path.isdir("/proc/self"):  # root ignores permission bits; /proc refuses new files even to root
+        folder = Path("/proc/self")
+    else:
+        pytest.skip("running as root without /proc: no folder here refuses writes")
+    with pytest.raises(ValueError, match="cannot write in"):
+        run_sample(cfg(checkpoint, folder / "s.npz"))
+    with pytest.raises(ValueError, match="--png-dir .*cannot write in"):
+        run_sample(cfg(checkpoint, tmp_path / "s.npz", png_dir=str(folder / "png")))
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\x89PNG\r\n\x1a\n" + bytes(40), "neither a safetensors file nor a torch.save checkpoint"),
+    (b"", "neither a safetensors file nor a torch.save checkpoint"),
+    (None, "a zip file but not a torch.save checkpoint"),
+    ("truncated", r"weights.pt is not a readable safetensors file"),
+    ("bad header", r"weights.pt is not a readable safetensors file"),
+])
+def test_a_file_that_is_no_checkpoint_is_one_line(tmp_path, checkpoint, content, message):
+    path = tmp_path / "weights.pt"
+    if content is None:
+        np.savez(path.open("wb"), arr_0=np.zeros(3))
+    elif content == "truncated":
+        path.write_bytes(checkpoint.read_bytes()[:-10])
+    elif content == "bad header":
+        data = bytearray(checkpoint.read_bytes())
+        data[8:12] = b"{xx!"
+        path.write_bytes(bytes(data))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        run_sample(cfg(path, tmp_path / "s.npz"))
+
+
+def test_resume_pins_the_checkpoint_by_content_not_path(checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(sample_mod, "pack_outputs", lambda *a: None)  # leave the parts behind
+    run_sample(cfg(checkpoint, tmp_path / "c.npz", num_images=2))
+    monkeypatch.undo()
+    moved = tmp_path / "moved.safetensors"
+    moved.write_bytes(checkpoint.read_bytes())
+    assert read(run_sample(cfg(moved, tmp_path / "c.npz", num_images=2)))[0].shape[0] == 2  # same bytes: resumes
+    monkeypatch.setattr(sample_mod, "pack_outputs", lambda *a: None)
+    run_sample(cfg(checkpoint, tmp_path / "d.npz", num_images=2))
+    monkeypatch.undo()
+    other = _save_scaled(tmp_path, checkpoint.name + ".other", 2.0)
+    other.replace(checkpoint)  # the same path now holds other weights
+    with pytest.raises(ValueError, match="checkpoint_sha256"):
+        run_sample(cfg(checkpoint, tmp_path / "d.npz", num_images=2))
+
+
+def test_options_that_do_not_apply_to_the_model_are_refused(checkpoint, tmp_path):
+    cases = [(dict(guided_channels=4), "guided_channels=4 exceeds the model's 3 channels"),
+             (dict(share="uniform:2"), "share needs a model with an encoder/decoder split \\(DDT\\); DiT has none"),
+             (dict(cfg_interval=(0.3, 1.0)), "cfg_interval applies to flow-matching models"),
+             (dict(eta=0.5, sampler_steps="4"), "eta=0.5 applies to DDIM only")]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            run_sample(cfg(checkpoint, tmp_path / "s.npz", **change))
+    assert not (tmp_path / "s.npz.parts").exists()  # a refused option pins nothing: the fixed command runs
+    assert read(run_sample(cfg(checkpoint, tmp_path / "s.npz", guided_channels=3)))[0].shape == (5, 8, 8, 3)
+
+
+def test_flow_model_without_encoder_split_refuses_share_and_power(tmp_path):
+    from ditlab.objectives.flow import FlowConfig
+
+    model = create_model("DiT", **TINY, learn_sigma=False)
+    path = tmp_path / "flow.safetensors"
+    save_weights(path, model.state_dict(), {"family": "DiT", "config": dataclasses.asdict(model.config),
+                                            "objective": "flow", "flow": dataclasses.asdict(FlowConfig())})
+    with pytest.raises(ValueError, match="share needs a model with an encoder/decoder split"):
+        run_sample(cfg(path, tmp_path / "a.npz", sampler_steps="euler2", share="uniform:2"))
+    with pytest.raises(ValueError, match="cfg_power applies to diffusion models"):
+        run_sample(cfg(path, tmp_path / "a.npz", sampler_steps="euler2", cfg_power=4.0))
+
+
+def test_one_channel_checkpoint_samples_as_gray_rgb(tmp_path):
+    from PIL import Image
+
+    torch.manual_seed(0)
+    model = create_model("DiT", **{**TINY, "in_channels": 1})
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path / "digits.safetensors"
+    save_weights(path, model.state_dict(), {"family": "DiT", "config": dataclasses.asdict(model.config),
+                                            "diffusion": dataclasses.asdict(DiffusionConfig())})
+    images, _ = read(run_sample(cfg(path, tmp_path / "g.npz", num_images=2, png_dir=str(tmp_path / "png"))))
+    assert images.shape == (2, 8, 8, 3) and images.std() > 0
+    assert np.array_equal(images[..., 0], images[..., 1]) and np.array_equal(images[..., 0], images[..., 2])
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "png" / "000001.png")), images[1])
+
+
+def test_a_job_that_failed_before_its_first_chunk_can_be_rerun_with_other_settings(checkpoint, tmp_path):
+    with pytest.raises(ValueError):
+        run_sample(cfg(checkpoint, tmp_path / "s.npz", sampler_steps="ddimx"))  # refused only by the sampler
+    assert (tmp_path / "s.npz.parts" / "sample.json").is_file()
+    assert read(run_sample(cfg(checkpoint, tmp_path / "s.npz")))[0].shape == (5, 8, 8, 3)
+    with pytest.raises(ValueError, match="labels=7 is not a class of this model"):
+        run_sample(cfg(checkpoint, tmp_path / "t.npz", labels="7"))
+
+
+def test_a_checkpoint_folder_is_pinned_by_the_bytes_and_names_of_its_files(tmp_path):
+    from ditlab.sample_checks import weights_sha256
+
+    for name in ("a", "b"):
+        (tmp_path / name / "transformer").mkdir(parents=True)
+        (tmp_path / name / "transformer" / "config.json").write_text("{}")
+        (tmp_path / name / "transformer" / "model.safetensors").write_bytes(b"weights")
+    assert weights_sha256(tmp_path / "a") == weights_sha256(tmp_path / "b")  # moved or copied: the same job
+    (tmp_path / "b" / "transformer" / "model.safetensors").write_bytes(b"weightz")
+    assert weights_sha256(tmp_path / "a") != weights_sha256(tmp_path / "b")
+    (tmp_path / "b" / "transformer" / "model.safetensors").rename(tmp_path / "b" / "transformer" / "other")
+    (tmp_path / "b" / "transformer" / "other").write_bytes(b"weights")
+    assert weights_sha256(tmp_path / "a") != weights_sha256(tmp_path / "b")  # same bytes under another name

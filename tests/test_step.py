@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 
 import pytest
@@ -18,6 +19,9 @@ from ditlab.train.step import NonFiniteLoss, StepParts, StepStats, optimisation_
 from helpers import SMALL_MODELS, small_objective
 
 HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__", "__index__")
+# ditlab's own code is what lives in the imported package's folder; a path test like "/ditlab/" in a file name would
+# also match torch inside a clone named ditlab (ditlab/.venv/lib/.../torch/...).
+PACKAGE_DIR = os.path.dirname(os.path.abspath(ditlab.__file__)) + os.sep
 # Reads of tensors that live on the CPU by design, on every device: MDTv2's mask ratio (MDT.draw_mask_ratio).
 CPU_BY_DESIGN = {("mdt.py", "random_masking")}
 
@@ -35,13 +39,25 @@ def no_host_reads_from_ditlab(monkeypatch: pytest.MonkeyPatch):
             frame = sys._getframe(1)
             caller = frame.f_code.co_filename
             exempt = (caller.rsplit("/", 1)[-1], frame.f_code.co_name) in CPU_BY_DESIGN
-            if "/ditlab/" in caller and "/tests/" not in caller and not exempt:
+            if is_package_code(caller) and not exempt:
                 raise AssertionError(f"Tensor.{_name} called from {caller}:{frame.f_lineno}")
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, name, guarded)
     yield
     monkeypatch.undo()
+
+
+def is_package_code(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(PACKAGE_DIR)
+
+
+def test_package_code_is_told_by_the_package_folder(tmp_path):
+    assert is_package_code(ditlab.__file__) and is_package_code(sys.modules["ditlab.train.step"].__file__)
+    assert not is_package_code(__file__)
+    # A clone named ditlab with its virtual environment inside: torch there is not ditlab's code.
+    assert not is_package_code(str(tmp_path / "ditlab" / ".venv" / "lib" / "torch" / "_tensor.py"))
+    assert not is_package_code(torch.__file__)
 
 
 def step_parts(family: str, max_grad_norm: float | None = None) -> StepParts:
@@ -93,9 +109,9 @@ def test_read_window_names_the_first_non_finite_step():
 
     rows = read_window([stats(3, 1.25), stats(4, 0.75)])
     assert rows == [{"loss": 1.25, "mse": 0.5, "grad_norm": 2.0}, {"loss": 0.75, "mse": 0.5, "grad_norm": 2.0}]
-    with pytest.raises(NonFiniteLoss, match="loss became inf at step 5") as err:
+    with pytest.raises(NonFiniteLoss, match="loss became inf at step 6") as err:  # counted from 1
         read_window([stats(4, 1.0), stats(5, math.inf), stats(6, math.nan)])
-    assert err.value.step == 5
+    assert err.value.step == 6
     assert read_window([]) == []
 
 

@@ -73,13 +73,13 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     def loss_going_nan(self, model, x0, y=None, **kw):
         calls["n"] += 1
         terms = original(self, model, x0, y, **kw)
-        if calls["n"] == 8:  # step index 7
+        if calls["n"] == 8:  # the 8th step
             terms["loss"] = terms["loss"] * float("nan")
         return terms
 
     monkeypatch.setattr(GaussianDiffusion, "loss", loss_going_nan)
     run = tmp_path / "run"
-    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 7; .*step_0000005.safetensors"):
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 8; .*step_0000005.safetensors"):
         train(tiny_config(run, steps=20, ckpt_every=5))
     assert ckpt.saved_steps(run / "checkpoints") == [5]
     weights, _ = final_state(run, 5)

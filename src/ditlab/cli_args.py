@@ -54,6 +54,25 @@ def _parse_json_object(text: str) -> dict:
     return value
 
 
+def _tuple_converter(items: tuple[Any, ...]):
+    """``"0.9,0.999"`` -> (0.9, 0.999); a wrong count or a non-number is an error naming the value."""
+    inner = items[0]
+    count = None if len(items) == 2 and items[1] is Ellipsis else len(items)
+
+    def convert(text: str) -> tuple:
+        parts = text.split(",")
+        try:
+            values = tuple(inner(v) for v in parts)
+        except ValueError:
+            values = None
+        if values is None or (count is not None and len(values) != count):
+            shape = f"{count} comma-separated {inner.__name__}s" if count else f"comma-separated {inner.__name__}s"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {shape}")
+        return values
+
+    return convert
+
+
 def _optional(kind: Any) -> tuple[Any, bool]:
     """(inner type, is Optional) for ``X | None``."""
     args = typing.get_args(kind)
@@ -66,8 +85,7 @@ def _optional(kind: Any) -> tuple[Any, bool]:
 def _converter(kind: Any, optional: bool):
     base = {int: int, float: float, str: str, bool: _parse_bool}.get(kind)
     if typing.get_origin(kind) is tuple:
-        inner = typing.get_args(kind)[0]
-        return lambda text: tuple(inner(v) for v in text.split(","))
+        return _tuple_converter(typing.get_args(kind))
     if typing.get_origin(kind) is dict or kind is dict:
         return _parse_json_object
     if base is None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import sample_checks as checks
 from .imageio import make_grid, to_uint8
 from .models.layers import ATTENTION_BACKENDS, set_attention_backend
 from .objectives import DiffusionConfig
@@ -72,9 +73,27 @@ class SampleConfig:
             raise ValueError(f"attention={self.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}")
         if self.labels not in LABEL_MODES and not self.labels.isdigit():
             raise ValueError(f"labels={self.labels!r} must be one of {', '.join(LABEL_MODES)} or a class index")
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Refuse settings that would silently give NaN (all-black) images or overflow a seed."""
+        numbers = {"cfg_scale": self.cfg_scale, "eta": self.eta, "cfg_power": self.cfg_power}
+        for name, value in numbers.items():
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name}={value} must be a finite number")
+        if self.cfg_power is not None and self.cfg_power <= 0:
+            raise ValueError(f"cfg_power={self.cfg_power} must be positive (or None for a constant scale)")
+        if self.cfg_interval is not None and (len(self.cfg_interval) != 2 or  # NaN fails the comparison too
+                                              not 0 <= self.cfg_interval[0] < self.cfg_interval[1] <= 1):
+            raise ValueError(f"cfg_interval={self.cfg_interval} must be two times low,high with 0 <= low < high <= 1")
+        if self.guided_channels is not None and self.guided_channels < 1:
+            raise ValueError(f"guided_channels={self.guided_channels} must be >= 1 (or None for all channels)")
+        if not 0 <= self.seed <= 2**64 - self.num_images:  # image i seeds a torch.Generator with seed + i
+            raise ValueError(f"seed={self.seed} must be in 0..2**64 - num_images")
 
     def identity(self) -> dict[str, Any]:
-        keys = ("checkpoint", "model", "num_images", "labels", "sampler_steps", "cfg_scale", "guided_channels",
+        """The settings a resumed job must share (the checkpoint is pinned by content: see :func:`run_sample`)."""
+        keys = ("model", "num_images", "labels", "sampler_steps", "cfg_scale", "guided_channels",
                 "cfg_power", "eta", "cfg_interval", "share", "vae", "seed", "batch_size", "precision")
         out = {k: getattr(self, k) for k in keys}
         out["cfg_interval"] = list(self.cfg_interval) if self.cfg_interval else None  # as JSON reads it back
@@ -99,7 +118,7 @@ def load_sampling_model(path: str | Path, model: str | None = None,
 
         loaded = load_diffusers_dit(path)
         return loaded.model, loaded.diffusion
-    if path.suffix == ".safetensors":
+    if checks.checkpoint_format(path) == "safetensors":
         state, meta = load_weights(path)
         if "family" not in meta or "config" not in meta:
             raise ValueError(f"{path} has no family/config metadata; is it a `ditlab train` checkpoint?")
@@ -168,6 +187,7 @@ def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, code
         images = images.expand(-1, 3, -1, -1)
     if images.shape[1] != 3:
         raise ValueError(f"decoded images have {images.shape[1]} channels; ADM npz needs RGB (check --vae)")
+    checks.check_finite_images(images, config, indices)
     return to_uint8(images), labels.numpy()
 
 
@@ -231,20 +251,37 @@ def run_sample(config: SampleConfig) -> Path:
         raise ValueError("--checkpoint is required (a step_*.safetensors or an official DiT .pt)")
     from .utils.hub import resolve_weights
 
-    resolve_weights(config.checkpoint, "checkpoint", config.allow_download)  # fail before any work
+    local = resolve_weights(config.checkpoint, "checkpoint", config.allow_download)  # fail before any work
+    if local.is_file():
+        checks.checkpoint_format(local)
     info = init_distributed(config.device)
     out = Path(config.out)
     parts = parts_dir(out)
     chunks = chunk_ranges(config.num_images, config.batch_size)
     if out.is_file() and not parts.exists():
         raise ValueError(f"{out} already exists (a finished run); remove it or choose another --out")
-    parts.mkdir(parents=True, exist_ok=True)
-    check_or_write_identity(parts / "sample.json", config.identity(), info.is_main, "a different sampling run")
+    checks.check_outputs(config)
+    # Pinned by content, not path: a resumed job must use the same weights even if the file moved or was replaced.
+    identity = {**config.identity(), "checkpoint_sha256": checks.weights_sha256(local)}
+    # A folder without chunks holds no images to protect: a job refused earlier may be rerun with fixed settings.
+    fresh = not any(chunk_path(parts, c).is_file() for c in range(len(chunks)))
+    if not fresh:
+        check_or_write_identity(parts / "sample.json", identity, False, "a different sampling run")
     todo = [c for c in range(len(chunks)) if c % info.world_size == info.rank and not chunk_path(parts, c).is_file()]
-    if todo:
+    if todo:  # every check that needs the model, before the job is pinned: a refused option can then be fixed
         model, diffusion = load_sampling_model(config.checkpoint, config.model, config.allow_download)
+        checks.check_options_fit(model, diffusion, config)
+        checks.check_finite_weights(model, config.checkpoint)
         model = prepare_for_speed(model.to(info.device), config)
         codec = load_codec(config.vae, model.config.in_channels, info.device, config.allow_download)
+        checks.check_codec_fits(codec, model, config)
+    parts.mkdir(parents=True, exist_ok=True)
+    if fresh and info.is_main:
+        (parts / "sample.json").unlink(missing_ok=True)
+    if info.is_main or not fresh:
+        check_or_write_identity(parts / "sample.json", identity, info.is_main, "a different sampling run")
+    barrier()  # every rank decided `fresh` before any chunk of this job is written
+    if todo:
         bar = tqdm(total=len(todo), disable=not (info.is_main and config.progress), desc="sample", unit="chunk",
                    dynamic_ncols=True)
         for c in todo:

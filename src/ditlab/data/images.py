@@ -2,10 +2,16 @@
 
 Images go through ADM's ``center_crop_arr`` (the crop DiT's train.py uses) and come out as uint8 HWC RGB
 arrays, or as CHW float tensors in [-1, 1] (``ToTensor`` + ``Normalize(0.5, 0.5)``).
+
+Modes that Pillow's ``convert("RGB")`` would clip instead of scale are converted here: 16-bit grayscale
+(``I;16*``, and ``I``, the 32-bit mode Pillow also opens 16-bit files as) is taken as 0..65535 and float
+(``F``) as 0..1, both rounded to 0..255; values outside those ranges are refused by file name.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,30 +46,105 @@ def to_model_tensor(images: np.ndarray) -> Tensor:
 def list_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """(class names, [(file, class index)]) with classes = sorted sub-folders and files sorted per class.
 
-    Hidden files (``.DS_Store``) are ignored; every other file is expected to be an image.
+    Hidden files (``.DS_Store``) are ignored; every other file is expected to be an image. A symbolic link that
+    resolves inside ``root``, or to a folder or file already listed, is skipped with a warning: it would list
+    the same images twice, under a second label when it links a class folder. A class folder without images is
+    refused, since it would become a class (a label) that no image teaches.
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files = [
-        (path, label)
-        for label, name in enumerate(classes)
-        for path in sorted((root / name).rglob("*"))
-        if path.is_file() and not path.name.startswith(".")
-    ]
+    real_root = root.resolve()
+    walked, skipped = {real_root}, []  # real paths of the folders (and linked files) listed so far
+    classes, files = [], []
+    for entry in sorted(_entries(root), key=lambda e: e.name):
+        real = _new_place(entry, real_root / entry.name, real_root, walked) if entry.is_dir() else None
+        if real is None:
+            skipped += [Path(entry.path)] if entry.is_dir() else []
+            continue
+        classes.append(entry.name)
+        found = _walk_images(Path(entry.path), real, real_root, walked, skipped)
+        files.extend((path, len(classes) - 1) for path in sorted(found))
+    if skipped:
+        shown = ", ".join(str(p) for p in skipped[:3]) + (", ..." if len(skipped) > 3 else "")
+        warnings.warn(f"image folder {root}: skipped {len(skipped)} symbolic link(s) into the folder or to a place "
+                      f"already listed ({shown})", stacklevel=2)
+    empty = sorted(set(classes) - {classes[label] for _, label in files})
+    if empty and files:
+        raise ValueError(f"image folder {root}: class folder(s) without images: {', '.join(empty)}; each sub-folder "
+                         f"is a class, so remove them or add images")
     return classes, files
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return [e for e in it if not e.name.startswith(".")]
+
+
+def _new_place(entry: os.DirEntry, real: Path, real_root: Path, walked: set[Path]) -> Path | None:
+    """The real path of ``entry`` (``real`` when it is no link) if listing it adds images; None for a link into
+    the root or to one of its parents, or for a place already listed."""
+    if entry.is_symlink():
+        real = Path(entry.path).resolve()
+        if real == real_root or real_root in real.parents or real in real_root.parents:
+            return None
+    if real in walked or (not entry.is_dir() and real.parent in walked and entry.is_symlink()):
+        return None
+    walked.add(real)
+    return real
+
+
+def _walk_images(folder: Path, real: Path, real_root: Path, walked: set[Path], skipped: list[Path]) -> list[Path]:
+    """Non-hidden files under ``folder`` (whose real path is ``real``), following links to new places only."""
+    found = []
+    for entry in _entries(folder):
+        if not (entry.is_dir() or entry.is_file()):
+            continue
+        if not entry.is_symlink() and entry.is_file():  # the common case: no path resolution per file
+            found.append(Path(entry.path))
+            continue
+        place = _new_place(entry, real / entry.name, real_root, walked)
+        if place is None:
+            skipped.append(Path(entry.path))
+        elif entry.is_dir():
+            found.extend(_walk_images(Path(entry.path), place, real_root, walked, skipped))
+        else:
+            found.append(Path(entry.path))
+    return found
+
+
+def to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """``image`` as 8-bit RGB; 16-bit and float modes are scaled (``convert`` would clip them to white / black)."""
+    if image.mode.startswith("I"):  # "I;16", "I;16B", ... and "I"
+        high, what = 65535, "16-bit"
+    elif image.mode == "F":
+        high, what = 1.0, "float"
+    else:
+        return image.convert("RGB")
+    values = np.asarray(image, dtype=np.float64)
+    if not (np.isfinite(values).all() and values.min() >= 0 and values.max() <= high):
+        raise BadImageError(f"{path}: {what} pixels ({image.mode}) outside 0..{high:g} (found {values.min():g}.."
+                            f"{values.max():g}); ditlab reads {what} images as 0..{high:g}; convert it, or pass "
+                            f"--skip-bad")
+    gray = np.round(values * (255 / high)).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
 
 
 def read_image(path: Path, size: int) -> np.ndarray:
     """Decode ``path`` fully, convert to RGB and center-crop; any decoding failure is a :class:`BadImageError`."""
+    return center_crop_arr(decode_rgb(path), size)
+
+
+def decode_rgb(path: Path) -> Image.Image:
+    """The whole image at ``path`` as 8-bit RGB; any decoding failure is a :class:`BadImageError` naming it."""
     try:
         with Image.open(path) as image:
             image.load()  # Image.open only reads the header: truncation shows up here
-            rgb = image.convert("RGB")
+            return to_rgb(image, path)
+    except BadImageError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise BadImageError(f"{path}: not a readable image ({err}); fix or remove it, or pass --skip-bad") from err
-    return center_crop_arr(rgb, size)
 
 
 class ImageFolder:
@@ -102,10 +183,9 @@ class ImageFolder:
         good, bad = [], []
         for path, label in files:
             try:
-                with Image.open(path) as image:
-                    image.load()
+                decode_rgb(path)
                 good.append((path, label))
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            except BadImageError:
                 bad.append(path)
         return good, bad
 

@@ -36,7 +36,7 @@ class StepBatchSampler(Sampler[list[int]]):
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._cached is None or self._cached[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)  # manual_seed's range
             self._cached = (epoch, torch.randperm(self.dataset_size, generator=g))
         return self._cached[1]
 

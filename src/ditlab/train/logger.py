@@ -6,11 +6,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..utils.files import atomic_write
+
 
 class MetricsLogger:
-    """Append metric rows (rank 0 only: other ranks pass ``enabled=False`` and write nothing)."""
+    """Append metric rows (rank 0 only: other ranks pass ``enabled=False`` and write nothing).
 
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    Rows after ``start_step`` (the step the run starts or resumes from) belong to a killed attempt whose steps
+    are about to be trained again; they are dropped, so each step is logged once.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
         self._file = None
@@ -18,6 +24,7 @@ class MetricsLogger:
         if not enabled:
             return
         run_dir = Path(run_dir)
+        _drop_rows_after(run_dir / "metrics.jsonl", start_step)
         self._file = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -44,3 +51,18 @@ class MetricsLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, AttributeError):  # a line cut short by a kill
+            continue
+    if kept != lines:
+        atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))

@@ -28,7 +28,7 @@ from ..data import StepBatchSampler
 from ..models.layers import set_attention_backend
 from ..models.registry import create_model, family_of
 from ..optim import Adan
-from ..utils.distributed import DistInfo, barrier, init_distributed
+from ..utils.distributed import DistInfo, barrier, broadcast_object, init_distributed
 from . import checkpoint as ckpt
 from . import fid, fsdp
 from .config import TrainConfig
@@ -37,6 +37,8 @@ from .data_source import DataSource, build_data_source
 from .ema import EMA
 from .logger import MetricsLogger
 from .objective import build_objective, required_out_channels, sampling_config, trainable_parameters
+from .run_folder import claim_run_dir
+from .signals import agreed_stop, stop_requests
 from .step import NonFiniteLoss, StepParts, StepStats, inputs_checked_once, optimisation_step, read_window
 
 
@@ -54,30 +56,19 @@ class TrainResult:
     final_loss: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
     is_main: bool = True  # False on the other ranks of a distributed run
+    stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when a signal ended the run early (save_on_signal)
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
-    """The seed of one step on one rank (distinct for every (seed, rank, step) in practice)."""
-    return (seed * 1_000_003 + step) * 4_099 + rank
+    """The seed of one step on one rank (distinct for every (seed, rank, step) in practice).
+
+    Taken modulo 2**64 (what ``torch.manual_seed`` accepts), which changes nothing for seeds below 4e9.
+    """
+    return ((seed * 1_000_003 + step) * 4_099 + rank) % 2**64
 
 
 # ----------------------------------------------------------------------------
 # Set-up pieces.
-
-
-def prepare_run_dir(config: TrainConfig, resume: bool, info: DistInfo) -> Path:
-    """Create the run folder (fresh run) or check it (resume); returns its path."""
-    run_dir = Path(config.run_dir)
-    has_ckpts = bool(ckpt.saved_steps(run_dir / "checkpoints"))
-    if not resume and has_ckpts:
-        raise ValueError(f"run folder {run_dir} already has checkpoints; resume it with --resume {run_dir}")
-    if resume and not has_ckpts:
-        raise ValueError(f"cannot resume: {run_dir} has no complete checkpoint under checkpoints/")
-    if info.is_main:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / "config.json")
-    barrier()
-    return run_dir
 
 
 def build_model(config: TrainConfig, data: DataSource) -> nn.Module:
@@ -125,10 +116,9 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return config.lr
 
 
-def restore(run_dir: Path, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer, device: torch.device,
-            objective: nn.Module | None = None) -> int:
-    """Load the newest complete checkpoint into model, EMA, optimizer (and a trainable objective); returns its step."""
-    step = ckpt.saved_steps(run_dir / "checkpoints")[-1]
+def restore(run_dir: Path, step: int, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
+            device: torch.device, objective: nn.Module | None = None) -> int:
+    """Load checkpoint ``step`` into model, EMA, optimizer (and a trainable objective); returns the step."""
     weights_path, state_path = ckpt.checkpoint_paths(run_dir / "checkpoints", step)
     try:
         state = ckpt.load_train_state(state_path, device)
@@ -172,10 +162,19 @@ def save(run_dir: Path, step: int, model: nn.Module, ema: EMA, opt: torch.optim.
 # The loop.
 
 
-def train(config: TrainConfig, resume: bool = False) -> TrainResult:
-    """Run (or resume) a training run to ``config.steps``; see the module docstring."""
-    info = init_distributed(config.device)
-    run_dir = prepare_run_dir(config, resume, info)
+def train(config: TrainConfig, resume: bool = False, resume_step: int | None = None) -> TrainResult:
+    """Run (or resume) a training run to ``config.steps``; see the module docstring.
+
+    ``resume_step`` picks the checkpoint to resume from; by default the newest intact one (a broken newer one is
+    named in a warning and skipped). The run folder is locked while the run lasts.
+    """
+    info = init_distributed(config.device, config.dist_timeout)
+    with claim_run_dir(config, resume, resume_step, info) as (run_dir, start):
+        return _train(config, info, run_dir, start if resume else None)
+
+
+def _train(config: TrainConfig, info: DistInfo, run_dir: Path, resume_from: int | None) -> TrainResult:
+    resume = resume_from is not None
     data = build_data_source(config, info)
     torch.manual_seed(config.seed)  # the same initial weights on every rank and in every run of this config
     model = set_attention_backend(build_model(config, data).to(info.device), config.attention)
@@ -191,9 +190,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     if objective_params:
         opt.add_param_group({"params": objective_params})
     if resume and sharded:
-        start = fsdp.restore(run_dir / "checkpoints", model, ema.module, opt, trained_objective)
+        start = fsdp.restore(run_dir / "checkpoints", resume_from, model, ema.module, opt, trained_objective)
     else:
-        start = restore(run_dir, model, ema, opt, info.device, trained_objective) if resume else 0
+        start = restore(run_dir, resume_from, model, ema, opt, info.device, trained_objective) if resume else 0
     model.grad_checkpointing = config.grad_checkpointing
     if config.compile:
         for block in model.blocks:
@@ -201,7 +200,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     net = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None) \
         if info.world_size > 1 and not sharded else model
     sampler = StepBatchSampler(data.size, config.global_batch, config.seed, info.rank, info.world_size, start)
-    logger = MetricsLogger(run_dir, enabled=info.is_main)
+    logger = MetricsLogger(run_dir, enabled=info.is_main, start_step=start)
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     last_ckpt = ckpt.checkpoint_paths(run_dir / "checkpoints", start)[0] if resume else None
     fid_state = fid.prepare(config, model, data.input_size, info) if config.fid_every else None
@@ -212,7 +211,8 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     parts = StepParts(net, model, objective, opt, ema, autocast, config.max_grad_norm, objective_params,
                       info.world_size)
     model.train()
-    with inputs_checked_once(model):
+    done = start
+    with inputs_checked_once(model), stop_requests(config.save_on_signal) as stop:
         for step, indices in zip(range(start, config.steps), sampler, strict=False):
             # Data and randomness of this step are functions of (seed, rank, step) alone.
             x0, y = data.batch(indices, step=step)
@@ -222,24 +222,22 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             window.append(optimisation_step(parts, x0, y, step, learning_rate(config, step), **extra))
             done = step + 1
             bar.update(1)
-            saving = done % config.ckpt_every == 0 or done == config.steps
+            stopping = config.save_on_signal and agreed_stop(stop, info.device)
+            saving = done % config.ckpt_every == 0 or done == config.steps or stopping
             if done % config.log_every == 0 or saving:  # read (and NaN-check) the numbers before any save
                 rows = _read_or_stop(window, last_ckpt, bar, logger)
                 loss_value = rows[-1]["loss"]
-            if done % config.log_every == 0 or done == config.steps:
+            if done % config.log_every == 0 or done == config.steps or stopping:
                 elapsed = time.perf_counter() - tic
                 row = _summarise(rows, done, elapsed, config, opt)
                 logger.log(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
                 window, tic = [], time.perf_counter()
             if saving:
-                if sharded:  # every rank writes its shards
-                    last_ckpt = fsdp.save(run_dir / "checkpoints", done, model, ema.module, opt,
-                                          checkpoint_metadata(model, config), info, trained_objective,
-                                          keep=config.keep_checkpoints)
-                elif info.is_main:
-                    last_ckpt = save(run_dir, done, model, ema, opt, config, trained_objective)
-                barrier()
+                last_ckpt = _save_or_stop(run_dir, done, model, ema, opt, config, trained_objective, info,
+                                          last_ckpt, bar, logger)
+            if stopping:
+                break
             if _wants_grid(config, done):
                 grid_model = fsdp.unsharded_copy(ema.module, lambda: build_model(config, data), info) \
                     if sharded else ema.module
@@ -250,7 +248,38 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     bar.close()
     logger.close()
     barrier()
-    return TrainResult(run_dir, config.steps, last_ckpt, loss_value, logger.rows, info.is_main)
+    return TrainResult(run_dir, done, last_ckpt, loss_value, logger.rows, info.is_main, stop.name or None)
+
+
+def _save_or_stop(run_dir: Path, done: int, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
+                  config: TrainConfig, objective: nn.Module | None, info: DistInfo, last_ckpt: Path | None,
+                  bar: tqdm, logger: MetricsLogger) -> Path:
+    """Save the checkpoint of step ``done`` (every rank takes part); a failed or refused save stops the run
+    on every rank with one line naming the file and the last good checkpoint."""
+    where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
+    try:
+        if config.parallel == "fsdp":  # every rank writes its shards
+            path = fsdp.save(run_dir / "checkpoints", done, model, ema.module, opt,
+                             checkpoint_metadata(model, config), info, objective, keep=config.keep_checkpoints)
+        else:
+            path, error = None, None
+            if info.is_main:
+                try:
+                    path = save(run_dir, done, model, ema, opt, config, objective)
+                except (ValueError, ckpt.CheckpointWriteError) as err:
+                    error = (type(err).__name__, str(err))
+            error = broadcast_object(error)
+            if error is not None:
+                raise (ckpt.CheckpointWriteError if error[0] == "CheckpointWriteError" else ValueError)(error[1])
+    except ckpt.CheckpointWriteError as err:
+        bar.close()
+        logger.close()
+        raise ckpt.CheckpointWriteError(f"{err}; {where}") from None
+    except ValueError as err:  # a non-finite EMA
+        bar.close()
+        logger.close()
+        raise NonFiniteLossError(f"{err}; stopped, {where}") from None
+    return path
 
 
 def _log_fid(state: fid.FIDState, run_dir: Path, done: int, ema: EMA, config: TrainConfig, data: DataSource,

@@ -82,11 +82,14 @@ def read_window(window: list[StepStats]) -> list[dict[str, float]]:
 
 
 class NonFiniteLoss(Exception):
-    """Raised by :func:`read_window`; the loop turns it into its user-facing error."""
+    """Raised by :func:`read_window`; the loop turns it into its user-facing error.
 
-    def __init__(self, step: int, value: float):
-        super().__init__(f"loss became {value} at step {step}")
-        self.step, self.value = step, value
+    ``step`` counts optimizer steps from 1, as checkpoint names do (``StepStats.step`` counts from 0).
+    """
+
+    def __init__(self, step_index: int, value: float):
+        self.step, self.value = step_index + 1, value
+        super().__init__(f"loss became {value} at step {self.step}")
 
 
 def _average_gradients(params: list[nn.Parameter], world_size: int) -> None:

@@ -6,6 +6,8 @@ rank 0 of 1 and no process group is created.
 
 from __future__ import annotations
 
+import datetime
+import math
 import os
 from dataclasses import dataclass
 
@@ -27,11 +29,14 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
+def init_distributed(device: str | None = None, timeout_s: float | None = None) -> DistInfo:
     """Join the torchrun process group (nccl on CUDA, gloo on CPU) or run single-process.
 
-    ``device`` forces "cpu" or "cuda"; by default CUDA is used when available.
+    ``device`` forces "cpu" or "cuda"; by default CUDA is used when available. ``timeout_s`` bounds how long a
+    collective waits for a frozen or dead peer before failing (None or 0: torch's default, 10 to 30 minutes).
     """
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s >= 0):
+        raise ValueError(f"dist_timeout={timeout_s} must be a finite number of seconds >= 0 (0 = torch's default)")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -45,7 +50,9 @@ def init_distributed(device: str | None = None) -> DistInfo:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         # The device index is the LOCAL rank: using the global rank breaks every node but the first.
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None)
+        timeout = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", device_id=dev if use_cuda else None,
+                                **timeout)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
 
 

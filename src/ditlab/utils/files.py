@@ -1,22 +1,30 @@
-"""File plumbing every layer may use: atomic writes and the identity files that pin a resumable job."""
+"""File plumbing every layer may use: atomic writes, the identity files that pin a resumable job, folder locks."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+TEMP_MARK = ".tmp-"  # atomic_write's temporary files are named .<name>.tmp-<pid>
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, fsync it, then rename it onto ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # Some writers (safetensors) create files 0600; give every output the mode a plain open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -43,3 +51,83 @@ def check_or_write_identity(path: Path, identity: dict[str, Any], write: bool, w
             raise ValueError(f"{path.parent} holds {what} ({diffs}); use a new output folder")
     elif write:
         atomic_write(path, lambda tmp: tmp.write_text(json.dumps(identity, indent=2) + "\n"))
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether ``name`` is a temporary file of :func:`atomic_write` (left behind only by a killed writer)."""
+    return name.startswith(".") and TEMP_MARK in name
+
+
+def check_writable_folder(path: Path, what: str) -> None:
+    """Refuse, in one line, a folder that exists as a file or cannot be created or written, before any work."""
+    path = Path(path)
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{what} {path} cannot be used: {parent} is a file, not a folder")
+        if parent.exists():
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe{TEMP_MARK}{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{what} {path} is not writable ({err.strerror or err})") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, warn: Callable[[str], None]) -> Iterator[None]:
+    """Hold ``folder/.lock`` (an ``flock``) so two jobs cannot write one folder; released when the job ends.
+
+    The lock file records the holder's host and PID. The kernel drops the ``flock`` when its process dies, so a
+    killed job never blocks the next one; a record whose PID is dead is reported through ``warn`` as stale.
+    """
+    path = Path(folder) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise ValueError(f"{folder} is in use by another job ({_holder(fd) or 'unknown holder'}, "
+                             f"lock {path}); wait for it or use another folder") from None
+        previous = _holder(fd)
+        if previous:
+            host, _, pid = previous.partition(" PID ")
+            dead = host == socket.gethostname() and pid.isdigit() and not _pid_alive(int(pid))
+            state = "is not running" if dead else "did not release it"
+            warn(f"stale lock {path} from {previous} ({state}); taking it over")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} PID {os.getpid()}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # only a killed job leaves its record behind
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 256, 0).decode(errors="replace").strip()

@@ -1,0 +1,142 @@
+"""Checks of ``ditlab sample`` before any work, and of its outputs: nothing is computed for a job that could not
+be written, and nothing black (NaN) is saved as if it were a sample.
+
+The checkpoint must be one (not an image, an ``.npz`` or a truncated file), the outputs writable, every option
+one the model uses, the weights finite; a resumed job is pinned to the checkpoint's content (SHA-256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from .objectives import DiffusionConfig
+from .objectives.flow import FlowConfig
+
+if TYPE_CHECKING:
+    from .sample import SampleConfig
+
+
+
+def checkpoint_format(path: Path) -> str:
+    """"safetensors" or "torch" (a ``torch.save`` zip or legacy pickle), read off the first bytes; anything else
+    (an image, an ``.npz``, text) is a one-line error instead of a traceback from deep inside a loader."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if 1 < size <= os.path.getsize(path) - 8 and f.read(1) == b"{":  # safetensors: u64 header size + JSON
+            return "safetensors"  # damaged inside: load_weights names it
+    if head.startswith(b"\x80"):  # the pickle protocol byte of torch's legacy format
+        return "torch"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if any(name.endswith("data.pkl") for name in z.namelist()):
+                return "torch"
+        raise ValueError(f"checkpoint {path} is a zip file but not a torch.save checkpoint (an .npz?); "
+                         f"expected a step_*.safetensors from `ditlab train` or an official DiT .pt")
+    raise ValueError(f"checkpoint {path} is neither a safetensors file nor a torch.save checkpoint; "
+                     f"expected a step_*.safetensors from `ditlab train` or an official DiT .pt")
+
+
+def weights_sha256(path: Path) -> str:
+    """Hex SHA-256 of a weights file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
+    digest = hashlib.sha256()
+    if path.is_file():
+        _hash_file(digest, path)
+        return digest.hexdigest()
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        _hash_file(digest, file)
+    return digest.hexdigest()
+
+
+def _hash_file(digest: Any, path: Path) -> None:
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    """Refuse a ``folder`` (for the output ``what``) that could not be made or written, by writing a probe file in
+    it or, if it does not exist yet, in its nearest existing parent; nothing is created, so a refused job leaves
+    no trace."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        raise ValueError(f"{what}: {existing} is a file, not a folder")
+    try:
+        probe = existing / f".write-probe.tmp-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"{what}: cannot write in {existing} ({err.strerror or err})") from None
+
+
+def check_outputs(config: SampleConfig) -> None:
+    """Refuse, before sampling, outputs that could not be written at the end: a folder where the .npz or grid
+    goes, a file where the PNG folder goes, a grid name Pillow cannot save, a folder without write access."""
+    from PIL import Image
+
+    out = Path(config.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give the .npz file to write")
+    _writable_folder(out.parent, f"--out {out}")
+    if config.png_dir:
+        _writable_folder(Path(config.png_dir), f"--png-dir {config.png_dir}")
+    if config.grid:
+        grid = Path(config.grid)
+        if grid.is_dir():
+            raise ValueError(f"--grid {grid} is a folder; give the image file to write (e.g. grid.png)")
+        if grid.suffix.lower() not in Image.registered_extensions():
+            raise ValueError(f"--grid {grid}: Pillow cannot write {grid.suffix or 'files without an extension'}; "
+                             f"use .png or .jpg")
+        _writable_folder(grid.parent, f"--grid {grid}")
+
+
+def check_options_fit(model: nn.Module, objective: DiffusionConfig | FlowConfig, config: SampleConfig) -> None:
+    """Refuse sampling options that this model or objective would silently ignore or misapply."""
+    flow = isinstance(objective, FlowConfig)
+    kind = "a flow-matching" if flow else "a diffusion"
+    channels, classes = model.config.in_channels, model.config.num_classes
+    if config.labels.isdigit() and int(config.labels) >= classes:
+        raise ValueError(f"labels={config.labels} is not a class of this model (0..{classes - 1})")
+    if config.guided_channels is not None and config.guided_channels > channels:
+        raise ValueError(f"guided_channels={config.guided_channels} exceeds the model's {channels} channels")
+    if not flow and config.cfg_interval is not None:
+        raise ValueError(f"cfg_interval applies to flow-matching models; {config.checkpoint} is {kind} model")
+    if flow and config.cfg_power is not None:
+        raise ValueError(f"cfg_power applies to diffusion models; {config.checkpoint} is {kind} model")
+    if config.eta != 0 and (flow or not config.sampler_steps.strip().lower().startswith("ddim")):
+        raise ValueError(f"eta={config.eta} applies to DDIM only (sampler_steps='ddimN' on a diffusion model)")
+    sharing = config.share is not None and config.share.strip().lower() not in ("", "none")
+    if sharing and not (hasattr(model, "encode") and hasattr(model, "decode")):
+        raise ValueError(f"share needs a model with an encoder/decoder split (DDT); {type(model).__name__} has none")
+
+
+def check_finite_weights(model: nn.Module, checkpoint: str) -> None:
+    """Weights with NaN or inf can only give NaN images (saved as black): refuse them by tensor name."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ValueError(f"checkpoint {checkpoint} has non-finite values (NaN/inf) in {name}; "
+                             f"sample from an earlier checkpoint")
+
+
+def check_codec_fits(codec: Any, model: nn.Module, config: SampleConfig) -> None:
+    """The VAE must decode the latents this model makes (a pixel-space run needs --vae identity)."""
+    channels = getattr(codec, "channels", model.config.in_channels)
+    if channels != model.config.in_channels:
+        raise ValueError(f"{config.checkpoint} makes {model.config.in_channels}-channel samples but VAE "
+                         f"{config.vae} has {channels} latent channels; pass --vae identity for a pixel-space run")
+
+
+def check_finite_images(images: torch.Tensor, config: SampleConfig, indices: range) -> None:
+    """NaN would be written as black pixels and the job would report success: stop and name the chunk."""
+    if not torch.isfinite(images).all():
+        raise ValueError(f"checkpoint {config.checkpoint} gave non-finite images (NaN/inf) in chunk "
+                         f"{indices.start // config.batch_size} (images {indices.start}..{indices.stop - 1}); "
+                         f"nothing was written for it and no .npz is made")
