@@ -250,6 +250,14 @@ def test_train_cli_on_mnist_folder_end_to_end(tmp_path, capsys):
     assert config["data"].startswith("mnist:") and config["image_fit"] == "pad"
     meta = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert meta["step"] == 2
+    # `ditlab sample` writes the grayscale model's images as RGB, so `ditlab evaluate` can read them
+    out = tmp_path / "samples.npz"
+    checkpoint = sorted((run / "checkpoints").glob("*.safetensors"))[-1]
+    assert main(["sample", "--checkpoint", str(checkpoint), "--vae", "identity", "--num-images", "3",
+                 "--sampler-steps", "ddim2", "--out", str(out), "--progress", "false"]) == 0, capsys.readouterr().err
+    with np.load(out) as npz:
+        images = npz["arr_0"]
+    assert images.shape == (3, 32, 32, 3) and (images == images[..., :1]).all()
 
 
 def test_train_help_lists_the_data_forms(capsys):

@@ -16,6 +16,8 @@ from .cli_args import add_dataclass_flags, dataclass_overrides
 EPILOG_TRAIN = """examples:
   ditlab train --model DiT-S/2 --data digits --steps 2000 --run-dir runs/s2
   ditlab train --resume runs/s2 --steps 4000        # continue the same run to step 4000
+  ditlab train --model DiT-S/4 --data fashion-mnist --steps 20000   # 28x28 padded to 32 (--image-fit resize)
+  ditlab train --model DiT-S/4 --data mnist:/data/mnist:train:10000 ...  # a folder of the 4 IDX files, 10k images
   ditlab train --model MDTv2-S/2 --objective mdt --optimizer adan --max-grad-norm 1 --min-snr-gamma 5 --lr 5e-4 ...
                                                     # MDTv2's recipe (official train_util.py: Adan, max_grad_norm=1)
   ditlab train --model DDT --objective flow --model-args '{"num_blocks": 6, "num_encoder_blocks": 4}' ...
@@ -28,8 +30,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoConfig, format_report, run_demo
 
     cfg = DemoConfig(**dataclass_overrides(args, DemoConfig))
-    print(f"ditlab demo: training a class-conditional {cfg.model} on the embedded digits -> {cfg.run_dir}",
-          flush=True)
+    data = "the embedded digits" if cfg.data == "digits" else cfg.data
+    print(f"ditlab demo: training a class-conditional {cfg.model} on {data} -> {cfg.run_dir}", flush=True)
     report = run_demo(cfg)
     print(format_report(report))
     return 0
@@ -165,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    demo = sub.add_parser("demo", help="train a small DiT on the embedded digits, sample a grid, grade it",
+    demo = sub.add_parser("demo", help="train a small DiT on digits or --data fashion-mnist; sample; grade",
                           description=__import__("ditlab.demo", fromlist=["x"]).__doc__)
     add_dataclass_flags(demo, DemoConfig)
     demo.set_defaults(func=_cmd_demo)

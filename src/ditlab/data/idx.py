@@ -179,7 +179,7 @@ def fit_images(images: np.ndarray, size: int = 32, fit: str = "pad") -> np.ndarr
     if fit == "pad":
         if size < side:
             raise ValueError(f"image size {size} is smaller than the {side}x{side} images: padding cannot shrink "
-                             f"them; use fit 'resize' or a size of at least {side} (32 is usual)")
+                             f"them; use fit 'resize' (--image-fit resize) or a size of at least {side} (32 is usual)")
         before = (size - side) // 2
         return np.pad(images, ((0, 0), (before, size - side - before), (before, size - side - before)))
     x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float()
