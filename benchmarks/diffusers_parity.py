@@ -28,7 +28,7 @@ from ditlab.interop.diffusers_dit import export_diffusers_dit
 from ditlab.models.diffusers_keys import diffusers_config_for, dit_to_diffusers
 from ditlab.models.layers import timestep_embedding
 from ditlab.objectives import DiffusionConfig
-from ditlab.sampling.generate import generate_latents
+from ditlab.sampling import DDIM, Guidance, generate_latents
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests" / "golden"
 
@@ -100,8 +100,8 @@ def pipeline_vs_ditlab() -> None:
             for steps, scale in ((50, 1.0), (50, 4.0), (25, 1.5)):
                 images = pipe(class_labels=labels, num_inference_steps=steps, guidance_scale=scale,
                               output_type="pt", generator=[torch.Generator().manual_seed(s) for s in seeds]).images
-                latents = generate_latents(ours_model, DiffusionConfig(), torch.tensor(labels),
-                                           sampler_steps=f"ddim{steps}", cfg_scale=scale, seeds=seeds)
+                latents = generate_latents(ours_model, DiffusionConfig(), torch.tensor(labels), DDIM(steps),
+                                           guidance=Guidance(scale), seeds=seeds)
                 ours = (pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
                 print(f"DiTPipeline vs ditlab ddim{steps} cfg {scale} ({label}): max|image d| = "
                       f"{(images - ours).abs().max():.1e}")

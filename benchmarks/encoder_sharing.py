@@ -28,8 +28,7 @@ from torch import nn
 
 from ditlab.models.registry import create_model
 from ditlab.objectives.flow import FlowConfig
-from ditlab.sampling.generate import generate_flow_latents
-from ditlab.sampling.ode import FlowSamplerConfig
+from ditlab.sampling import Euler, Guidance, generate_latents, parse_share_spec, sharing_schedule
 from ditlab.train import TrainConfig, train
 from ditlab.train import checkpoint as ckpt
 
@@ -71,18 +70,17 @@ def official_ddt(path: str, device: str) -> tuple[nn.Module, dict[str, Any]]:
     return model.to(device).eval(), {"checkpoint": path}
 
 
-def timed_run(model: nn.Module, labels: torch.Tensor, sampler: FlowSamplerConfig, cfg: float,
-              share: str | list[int] | None, repeats: int) -> tuple[torch.Tensor, int, float]:
+def timed_run(model: nn.Module, labels: torch.Tensor, sampler: Euler, guidance: Guidance,
+              share: list[int] | None, repeats: int) -> tuple[torch.Tensor, int, float]:
     """(samples, encoder calls, median seconds) of sampling ``labels`` with seeds 0..N-1."""
-    times, out, calls = [], None, sampler.num_evaluations
+    times, out = [], None
     for _ in range(repeats):
         start = time.perf_counter()
-        out, shared = generate_flow_latents(model, FlowConfig(), labels, sampler=sampler, cfg_scale=cfg,
-                                            cfg_interval=(0.3, 1.0), share=share)
+        out = generate_latents(model, FlowConfig(), labels, sampler, guidance=guidance, share=share)
         if labels.device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-        calls = shared.encoder_calls if shared is not None else sampler.num_evaluations
+    calls = sampler.evaluations(FlowConfig()) if share is None else len(share)  # the encoder runs at each listed
     return out, calls, statistics.median(times)
 
 
@@ -94,8 +92,8 @@ def main() -> None:
     else:
         model, about = small_trained_ddt(args.train_steps, args.device)
     labels = torch.arange(args.batch, device=args.device) % model.config.num_classes
-    sampler = FlowSamplerConfig("euler", args.steps, last_step=0.04)
-    reference, _, base_time = timed_run(model, labels, sampler, args.cfg, None, args.repeats)
+    sampler, guidance = Euler(args.steps, last_step=0.04), Guidance(args.cfg, interval=(0.3, 1.0))
+    reference, _, base_time = timed_run(model, labels, sampler, guidance, None, args.repeats)
     print(f"model: {about}; {args.steps} Euler steps, batch {args.batch}, cfg {args.cfg} on 0.3<t<1; "
           f"sample variance {float(reference.var()):.4f}")
     print("| sharing | encoder calls | wall-clock s | speed-up | drift (MSE to unshared) |")
@@ -103,14 +101,12 @@ def main() -> None:
     rows = [("none", args.steps, base_time, 0.0)]
     for r in args.ratios:
         for spec in (f"uniform:{r}", f"dp:{math.ceil(args.steps / r)}"):
-            share: str | list[int] = spec
-            if spec.startswith("dp"):  # solve the DP once (calibration), then time sampling with its schedule
-                start = time.perf_counter()
-                share = sorted(generate_flow_latents(model, FlowConfig(), labels[:1], sampler=sampler,
-                                                     cfg_scale=args.cfg, cfg_interval=(0.3, 1.0),
-                                                     share=spec)[1].recompute)
+            # solve the schedule once (DP: calibration), then time sampling with it
+            start = time.perf_counter()
+            share = sharing_schedule(model, FlowConfig(), sampler, parse_share_spec(spec), guidance)
+            if spec.startswith("dp"):
                 print(f"{spec}: calibration + DP {time.perf_counter() - start:.2f} s (once); schedule {share}")
-            out, calls, seconds = timed_run(model, labels, sampler, args.cfg, share, args.repeats)
+            out, calls, seconds = timed_run(model, labels, sampler, guidance, share, args.repeats)
             rows.append((spec, calls, seconds, float(((out - reference) ** 2).mean())))
     for spec, calls, seconds, drift in rows:
         print(f"| {spec} | {calls} | {seconds:.3f} | {base_time / seconds:.2f}x | {drift:.2e} |")

@@ -19,7 +19,7 @@ from ditlab.demo_fid import floor_spec, reference_spec
 from ditlab.eval.inception import fid_helper_weights
 from ditlab.models.registry import create_model
 from ditlab.objectives import DiffusionConfig
-from ditlab.sampling.generate import generate
+from ditlab.sampling import generate, parse_sampler
 
 needs_fashion = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
@@ -82,6 +82,7 @@ def test_clip_denoised_keeps_pixel_samples_in_range(sampler_steps):
     model = create_model("DiT", depth=1, hidden_size=32, num_heads=2, patch_size=8, input_size=16, in_channels=1,
                          num_classes=10)
     labels = torch.arange(4)
-    free = generate(model, DiffusionConfig(), labels, sampler_steps=sampler_steps)
-    clipped = generate(model, DiffusionConfig(), labels, sampler_steps=sampler_steps, clip_denoised=True)
+    free = generate(model, DiffusionConfig(), labels, parse_sampler(sampler_steps, DiffusionConfig()))
+    clipped = generate(model, DiffusionConfig(), labels,
+                       parse_sampler(sampler_steps, DiffusionConfig(), clip_denoised=True))
     assert free.abs().max() > 2 and clipped.abs().max() <= 1 + 1e-5

@@ -15,8 +15,7 @@ from ditlab.models.diffussm import DiffuSSMBlock, DiffuSSMConfig
 from ditlab.models.registry import model_config
 from ditlab.objectives import DiffusionConfig, GaussianDiffusion
 from ditlab.objectives.flow import FlowConfig, FlowMatching
-from ditlab.sampling.generate import generate_flow_latents, generate_latents
-from ditlab.sampling.ode import FlowSamplerConfig
+from ditlab.sampling import DDIM, Guidance, Heun, generate_latents
 from ditlab.train import TrainConfig, train
 from ditlab.train.loop import build_optimizer
 
@@ -206,8 +205,8 @@ def test_gaussian_objective_loss_and_ddim_sampling(prediction):
     assert {"loss", "mse", "vb"} <= set(terms) and torch.isfinite(terms["loss"]).all()
     terms["loss"].mean().backward()
     assert all(p.grad is not None for p in model.parameters())
-    latents = generate_latents(model.eval(), DiffusionConfig(prediction=prediction), y, sampler_steps="ddim3",
-                               cfg_scale=2.0)
+    latents = generate_latents(model.eval(), DiffusionConfig(prediction=prediction), y, DDIM(3),
+                               guidance=Guidance(2.0))
     assert latents.shape == (2, 4, 4, 4) and torch.isfinite(latents).all()
 
 
@@ -216,8 +215,7 @@ def test_flow_objective_and_ode_sampler():
     x0, _, y = inputs()
     terms = FlowMatching(FlowConfig(time_scale=1000.0)).loss(model, x0, y)
     assert torch.isfinite(terms["loss"]).all()
-    latents, _ = generate_flow_latents(model.eval(), FlowConfig(time_scale=1000.0), y,
-                                       sampler=FlowSamplerConfig(method="heun", num_steps=2, last_step=None))
+    latents = generate_latents(model.eval(), FlowConfig(time_scale=1000.0), y, Heun(2, last_step=None))
     assert latents.shape == (2, 4, 4, 4) and torch.isfinite(latents).all()
 
 

@@ -8,10 +8,9 @@ import torch
 
 import ditlab
 from ditlab.objectives.flow import FlowConfig, FlowMatching
-from ditlab.sampling.generate import flow_sampler_from_steps, generate_flow_latents, generate_latents
+from ditlab.sampling import Euler, Guidance, Heun, generate_latents, parse_sampler
 from ditlab.sampling.guidance import CFGConfig, classifier_free_guidance
 from ditlab.sampling.ode import (
-    FlowSamplerConfig,
     guidance_interval,
     sample_euler,
     sample_euler_maruyama,
@@ -83,12 +82,12 @@ def test_dit_trains_under_flow_matching_sit():
 def test_bad_flow_settings_are_one_line_errors():
     with pytest.raises(ValueError, match="t_sampling='normal' is not one of uniform, logit-normal"):
         FlowConfig(t_sampling="normal")
-    with pytest.raises(ValueError, match="method='rk4' is not one of euler, heun, sde"):
-        FlowSamplerConfig(method="rk4")
+    with pytest.raises(ValueError, match="bad sampler 'rk4' for a flow-matching model; expected N, eulerN"):
+        parse_sampler("rk4", FlowConfig())
     with pytest.raises(ValueError, match="last_step=0.0 must be in"):
-        FlowSamplerConfig(last_step=0.0)
-    with pytest.raises(ValueError, match="bad flow sampler 'dpm20'"):
-        flow_sampler_from_steps("dpm20")
+        Euler(last_step=0.0)
+    with pytest.raises(ValueError, match="bad sampler 'dpm20'"):
+        parse_sampler("dpm20", FlowConfig())
 
 
 # ----------------------------------------------------------------------------
@@ -148,12 +147,23 @@ def test_euler_converges_to_the_exact_transport_at_first_order():
         assert 1.7 < coarse / fine < 2.3
 
 
-def test_heun_converges_at_second_order():
-    errors = [ode_error(sample_heun, n) for n in (10, 20, 40)]
+@pytest.mark.parametrize("exact", [False, True])  # DDT's exact_henu: reuse the corrector's slope, or not
+def test_heun_converges_at_second_order(exact):
+    def heun(*args):
+        return sample_heun(*args, exact=exact)
+
+    errors = [ode_error(heun, n) for n in (10, 20, 40)]
     assert errors[-1] < 5e-3
     for coarse, fine in zip(errors, errors[1:], strict=False):
         assert 3.5 < coarse / fine < 5.0
-    assert ode_error(sample_heun, 200, shift=3.0) < 1e-3  # any monotone grid works
+    assert ode_error(heun, 200, shift=3.0) < 1e-3  # any monotone grid works
+
+
+def test_heun_reusing_slopes_beats_exact_heun_at_equal_model_calls():
+    def exact(*args):
+        return sample_heun(*args, exact=True)
+
+    assert ode_error(sample_heun, 20) < ode_error(exact, 10) / 2  # 20 calls vs 19 calls
 
 
 def test_euler_maruyama_reaches_the_data_distribution():
@@ -175,12 +185,12 @@ def test_generate_latents_flow_branch_is_seeded_and_guided():
     model = ditlab.create_model("DDT", **TINY_DDT)
     for p in model.final_layer.parameters():
         p.data.normal_(std=0.05)
-    labels = torch.tensor([1, 2])
-    a = generate_latents(model, FlowConfig(), labels, sampler_steps="euler4", cfg_scale=2.0, cfg_interval=(0.3, 1.0))
-    b = generate_latents(model, FlowConfig(), labels, sampler_steps="ddim4", cfg_scale=2.0, cfg_interval=(0.3, 1.0))
+    labels, guided = torch.tensor([1, 2]), Guidance(2.0, interval=(0.3, 1.0))
+    a = generate_latents(model, FlowConfig(), labels, parse_sampler("euler4", FlowConfig()), guidance=guided)
+    b = generate_latents(model, FlowConfig(), labels, parse_sampler("ddim4", FlowConfig()), guidance=guided)
     assert torch.equal(a, b)  # "ddimN" means the deterministic Euler ODE for flow
-    plain = generate_latents(model, FlowConfig(), labels, sampler_steps="4")
+    plain = generate_latents(model, FlowConfig(), labels, parse_sampler("4", FlowConfig()))
     assert not torch.allclose(a, plain)
-    heun, _ = generate_flow_latents(model, FlowConfig(), labels, sampler=FlowSamplerConfig("heun", 3), seeds=[0, 1])
-    alone, _ = generate_flow_latents(model, FlowConfig(), labels[1:], sampler=FlowSamplerConfig("heun", 3), seeds=[1])
+    heun = generate_latents(model, FlowConfig(), labels, Heun(3), seeds=[0, 1])
+    alone = generate_latents(model, FlowConfig(), labels[1:], Heun(3), seeds=[1])
     torch.testing.assert_close(heun[1:], alone)  # seed per image: batch composition does not matter

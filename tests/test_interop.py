@@ -19,7 +19,7 @@ from ditlab.models.layers import timestep_embedding
 from ditlab.models.official import load_official_ddt, load_official_dit
 from ditlab.objectives import DiffusionConfig
 from ditlab.sample import load_sampling_model
-from ditlab.sampling.generate import generate_latents
+from ditlab.sampling import DDIM, Guidance, generate_latents
 from ditlab.train.checkpoint import load_weights, save_weights
 from ditlab.utils.hub import HubId, parse_hub_id, resolve_weights
 from helpers import SMALL_MODELS, golden, golden_state_dict
@@ -206,8 +206,8 @@ def test_dit_pipeline_is_ditlab_ddim_with_cfg_on_all_latent_channels(pipeline_di
     labels, seeds = [3, 999], [5, 6]
     theirs = pipe(class_labels=labels, num_inference_steps=4, guidance_scale=4.0, output_type="pt",
                   generator=[torch.Generator().manual_seed(s) for s in seeds]).images
-    latents = generate_latents(model, diffusion, torch.tensor(labels), sampler_steps="ddim4", cfg_scale=4.0,
-                               guided_channels=None, seeds=seeds)
+    latents = generate_latents(model, diffusion, torch.tensor(labels), DDIM(4),
+                               guidance=Guidance(4.0, guided_channels=None), seeds=seeds)
     ours = (pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
     torch.testing.assert_close(theirs, ours, atol=PARITY_ATOL, rtol=0)
 

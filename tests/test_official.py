@@ -390,6 +390,19 @@ def test_checkpoint_family_reads_the_keys() -> None:
     assert checkpoint_family({"w": torch.zeros(1)}) is None
 
 
+def test_official_file_family_unwraps_train_script_and_lightning_files() -> None:
+    from ditlab.models.official import official_file_family
+
+    dit = create_model("DiT", **FAMILY_SIZES["DiT"]).state_dict()
+    ddt = create_model("DDT", **FAMILY_SIZES["DDT"]).state_dict()
+    assert official_file_family({"model": dit, "ema": dit, "opt": {}, "args": None}) == "DiT"  # DiT train.py
+    lightning = {"state_dict": {**{f"ema_denoiser.{k}": v for k, v in ddt.items()},
+                                **{f"denoiser.{k}": v for k, v in ddt.items()}}, "epoch": 3}
+    assert official_file_family(lightning) == "DDT"
+    assert official_file_family({"state_dict": {"w": torch.zeros(1)}}) is None
+    assert official_file_family([dit]) is None
+
+
 @pytest.mark.parametrize("family,label,loader", [("DiT", "DiT", "load_official_dit"),
                                                  ("MDT", "MDT v1", "load_official_mdt(path, 'MDT-XL/2'")])
 def test_a_dit_or_mdt_v1_file_loaded_as_mdtv2_names_its_family(tmp_path: Path, family: str, label: str,

@@ -17,7 +17,7 @@ from ditlab.imageio import to_uint8
 from ditlab.models.registry import create_model
 from ditlab.objectives import DiffusionConfig
 from ditlab.sample import SampleConfig, labels_for, load_sampling_model, run_sample
-from ditlab.sampling.generate import generate_latents
+from ditlab.sampling import DDIM, Euler, Guidance, generate_latents
 from ditlab.train.checkpoint import save_weights
 
 TINY = dict(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=3)
@@ -53,7 +53,7 @@ def test_npz_holds_per_index_seeded_images_pngs_and_grid(checkpoint, tmp_path):
     assert images.shape == (5, 8, 8, 3) and images.dtype == np.uint8 and labels.tolist() == [0, 1, 2, 0, 1]
     model, diffusion = load_sampling_model(checkpoint)
     # Images 2 and 3 alone, in a batch of their own, with seeds 2 and 3: the same pixels.
-    direct = generate_latents(model, diffusion, torch.tensor([2, 0]), sampler_steps="ddim2", cfg_scale=1.5,
+    direct = generate_latents(model, diffusion, torch.tensor([2, 0]), DDIM(2), guidance=Guidance(1.5),
                               seeds=[2, 3])
     assert np.array_equal(images[2:4], to_uint8(direct))
     assert len(set(images.reshape(5, -1).sum(1).tolist())) > 1  # distinct images
@@ -128,7 +128,7 @@ def test_flow_checkpoint_samples_with_the_flow_sampler(tmp_path):
     loaded, objective = load_sampling_model(path)
     assert isinstance(objective, FlowConfig)
     images, _ = read(run_sample(cfg(path, tmp_path / "f.npz", num_images=2, sampler_steps="euler2")))
-    direct = generate_latents(loaded, objective, torch.tensor([0, 1]), sampler_steps="euler2", cfg_scale=1.5,
+    direct = generate_latents(loaded, objective, torch.tensor([0, 1]), Euler(2), guidance=Guidance(1.5),
                               seeds=[0, 1])
     assert np.array_equal(images, to_uint8(direct))
 

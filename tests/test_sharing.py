@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import ditlab
+from ditlab.objectives import DiffusionConfig
 from ditlab.objectives.flow import FlowConfig
-from ditlab.sampling.generate import generate_flow_latents
-from ditlab.sampling.ode import FlowSamplerConfig
+from ditlab.sampling import DDIM, Euler, Guidance, Heun, generate_latents, sharing_schedule
 from ditlab.sampling.sharing import (
     SharedEncoder,
     ShareSpec,
@@ -122,37 +122,65 @@ def test_similarity_matrix_equals_the_official_per_token_bmm():
 # Sharing while sampling.
 
 
+def count_calls(model, method: str) -> list[int]:
+    """Record each call of ``model.<method>`` (the list grows by one per call) from now on."""
+    calls, original = [], getattr(model, method)
+
+    def counted(*args):
+        calls.append(1)
+        return original(*args)
+
+    setattr(model, method, counted)
+    return calls
+
+
 def test_ratio_one_equals_no_sharing_exactly(tiny_ddt):
     labels = torch.tensor([1, 7])
-    sampler = FlowSamplerConfig("euler", 6, last_step=0.1)
-    kwargs = dict(sampler=sampler, cfg_scale=2.0, cfg_interval=(0.3, 1.0))
-    plain, none = generate_flow_latents(tiny_ddt, FlowConfig(), labels, **kwargs)
-    shared, wrapper = generate_flow_latents(tiny_ddt, FlowConfig(), labels, share="uniform:1", **kwargs)
-    assert none is None and torch.equal(plain, shared)
-    assert wrapper.encoder_calls == 6
+    sampler, guidance = Euler(6, last_step=0.1), Guidance(2.0, interval=(0.3, 1.0))
+    plain = generate_latents(tiny_ddt, FlowConfig(), labels, sampler, guidance=guidance)
+    calls = count_calls(tiny_ddt, "encode")
+    shared = generate_latents(tiny_ddt, FlowConfig(), labels, sampler, guidance=guidance,
+                              share=ShareSpec("uniform", 1))
+    assert torch.equal(plain, shared)
+    assert len(calls) == 6
 
 
 def test_uniform_sharing_calls_the_encoder_ceil_n_over_r_times_and_moves_samples(tiny_ddt):
     labels = torch.tensor([3])
-    sampler = FlowSamplerConfig("euler", 7)
-    plain, _ = generate_flow_latents(tiny_ddt, FlowConfig(), labels, sampler=sampler)
-    shared, wrapper = generate_flow_latents(tiny_ddt, FlowConfig(), labels, sampler=sampler, share="uniform:3")
-    assert wrapper.encoder_calls == 3 and wrapper.evaluation == 7
+    sampler = Euler(7)
+    plain = generate_latents(tiny_ddt, FlowConfig(), labels, sampler)
+    encodes, decodes = count_calls(tiny_ddt, "encode"), count_calls(tiny_ddt, "decode")
+    shared = generate_latents(tiny_ddt, FlowConfig(), labels, sampler, share=ShareSpec("uniform", 3))
+    assert len(encodes) == 3 and len(decodes) == 7
     assert not torch.equal(plain, shared)
 
 
 def test_dp_sharing_end_to_end(tiny_ddt):
-    sampler = FlowSamplerConfig("euler", 8, last_step=0.1)
+    sampler = Euler(8, last_step=0.1)
     labels = torch.tensor([2, 4])
-    out, wrapper = generate_flow_latents(tiny_ddt, FlowConfig(), labels, sampler=sampler, share="dp:3",
-                                         calibration_samples=2)
-    assert wrapper.encoder_calls == 3
-    assert 0 in wrapper.recompute and len(wrapper.recompute) == 3
+    out = generate_latents(tiny_ddt, FlowConfig(), labels, sampler, share=ShareSpec("dp", 3))
+    schedule = sharing_schedule(tiny_ddt, FlowConfig(), sampler, ShareSpec("dp", 3))
+    assert schedule[0] == 0 and len(schedule) == 3 and schedule == sorted(set(schedule))
     # the solved schedule can be passed back (no calibration), as DDT caches it
-    again, _ = generate_flow_latents(tiny_ddt, FlowConfig(), labels, sampler=sampler, share=list(wrapper.recompute))
-    assert torch.equal(out, again)
+    calls = count_calls(tiny_ddt, "encode")
+    again = generate_latents(tiny_ddt, FlowConfig(), labels, sampler, share=schedule)
+    assert torch.equal(out, again) and len(calls) == 3
     with pytest.raises(ValueError, match=r"recompute steps \[1, 3\] must start at 0 and stay below 8"):
-        generate_flow_latents(tiny_ddt, FlowConfig(), labels, sampler=sampler, share=[1, 3])
+        generate_latents(tiny_ddt, FlowConfig(), labels, sampler, share=[1, 3])
+    with pytest.raises(ValueError, match="share='dp:3': pass ShareSpec"):
+        generate_latents(tiny_ddt, FlowConfig(), labels, sampler, share="dp:3")
+
+
+def test_sharing_counts_model_evaluations_of_any_sampler(tiny_ddt):
+    # Heun (DDT's default): one evaluation per step, so dp:K over 5 steps chooses among 5 evaluations; exact
+    # Heun makes 2N - 1; a DDT trained under Gaussian diffusion shares its encoder across DDIM steps alike.
+    labels = torch.tensor([1])
+    assert len(sharing_schedule(tiny_ddt, FlowConfig(), Heun(5), ShareSpec("uniform", 2))) == 3
+    assert sharing_schedule(tiny_ddt, FlowConfig(), Heun(5, exact=True), ShareSpec("uniform", 2)) == [0, 2, 4, 6, 8]
+    assert max(sharing_schedule(tiny_ddt, FlowConfig(), Heun(5), ShareSpec("dp", 4), calibration_samples=2)) < 5
+    calls = count_calls(tiny_ddt, "encode")
+    out = generate_latents(tiny_ddt, DiffusionConfig(learn_sigma=False), labels, DDIM(6), share=ShareSpec("uniform", 4))
+    assert len(calls) == 2 and torch.isfinite(out).all()
 
 
 def test_shared_encoder_reuses_the_state_through_forward_or_halves(tiny_ddt):
@@ -176,5 +204,4 @@ def test_sharing_needs_an_encoder_decoder_split():
     dit = ditlab.create_model("DiT", input_size=8, patch_size=2, hidden_size=32, depth=1, num_heads=2,
                               num_classes=10, learn_sigma=False)
     with pytest.raises(ValueError, match="encoder sharing needs a model with an encoder/decoder split"):
-        generate_flow_latents(dit, FlowConfig(), torch.tensor([1]), sampler=FlowSamplerConfig(num_steps=2),
-                              share="uniform:2")
+        generate_latents(dit, FlowConfig(), torch.tensor([1]), Euler(2), share=ShareSpec("uniform", 2))

@@ -13,7 +13,7 @@ import torch
 import ditlab
 from ditlab.models.checks import inputs_checked_once
 from ditlab.objectives import DiffusionConfig
-from ditlab.sampling.generate import generate_latents
+from ditlab.sampling import DDPM, Guidance, generate_latents
 from ditlab.train.ema import EMA
 from ditlab.train.step import NonFiniteLoss, StepParts, StepStats, optimisation_step, read_window
 from helpers import SMALL_MODELS, small_objective
@@ -98,7 +98,7 @@ def test_guided_ddpm_sampling_reads_nothing_back_after_the_first_step(family, mo
 
     with contextlib.ExitStack() as stack:
         model.register_forward_hook(guard_after_first_call)
-        out = generate_latents(model, DiffusionConfig(), torch.tensor([1, 2]), sampler_steps="5", cfg_scale=4.0)
+        out = generate_latents(model, DiffusionConfig(), torch.tensor([1, 2]), DDPM("5"), guidance=Guidance(4.0))
     assert calls["n"] == 5 and torch.isfinite(out).all()
     assert model.check_inputs  # restored after sampling
 

@@ -27,7 +27,7 @@ from .eval.digits_classifier import fit_digits_classifier
 from .imageio import save_grid
 from .models.registry import create_model, model_config
 from .objectives import DiffusionConfig
-from .sampling.generate import generate
+from .sampling import Guidance, generate, parse_sampler
 from .train import TrainConfig, train
 from .train.checkpoint import load_weights
 from .train.objective import sampling_config
@@ -46,7 +46,7 @@ DATA_DEFAULTS = {
     "digits": {"steps": 3000, "sampler_steps": "ddim50", "cfg_scale": 5.0, "samples_per_class": 50},
     # (fashion-)mnist at 32x32 (64 tokens with patch 4); sized so that training, sampling and the Inception
     # features fit the 15-minute budget on two CPU cores (see README "Real images").
-    "idx": {"steps": 1500, "sampler_steps": "ddim25", "cfg_scale": 1.5, "samples_per_class": 100, "image_size": 32},
+    "idx": {"steps": 1500, "sampler_steps": "ddim25", "cfg_scale": 3.0, "samples_per_class": 100, "image_size": 32},
 }
 
 
@@ -66,8 +66,9 @@ class DemoConfig:
     lr: float = 1e-3  # AdamW learning rate (higher than DiT's 1e-4: tiny model, short run)
     warmup_steps: int = 100  # linear learning-rate warm-up
     ema_decay: float = 0.999  # EMA decay, with warm-up
-    sampler_steps: str | None = None  # "ddimN" (DDIM) or "N" (ancestral DDPM); None = ddim50 digits, ddim25 IDX
-    cfg_scale: float | None = None  # classifier-free guidance scale; None = 5.0 digits, 1.5 IDX
+    sampler_steps: str | None = None  # "ddimN" (DDIM; flow: Euler) or "N" (DDPM); None = ddim50 digits, ddim25 IDX
+    cfg_scale: float | None = None  # classifier-free guidance scale; None = 5.0 digits, 3.0 IDX
+    clip_denoised: bool = False  # clamp each predicted x0 to [-1, 1] (ADM's pixel-space sampling)
     samples_per_class: int | None = None  # samples graded per class (grid: first 10); None = 50 digits, 100 IDX
     fid_reference: str | None = None  # IDX data: FID reference spec; None = the first 2000 of the data's train split
     seed: int = 0
@@ -126,8 +127,9 @@ def sample_and_grade(model: torch.nn.Module, cfg: DemoConfig, run_dir: Path) -> 
     """Sample ``samples_per_class`` images per class, save the 10x10 grid, and grade every sample."""
     labels = torch.arange(10).repeat_interleave(cfg.samples_per_class)
     process = sampling_config(demo_train_config(cfg))  # the diffusion or flow settings the model trained under
-    images = generate(model, process, labels, sampler_steps=cfg.sampler_steps, cfg_scale=cfg.cfg_scale,
-                      seed=cfg.seed, progress=cfg.progress)
+    sampler = parse_sampler(cfg.sampler_steps, process, clip_denoised=cfg.clip_denoised)
+    images = generate(model, process, labels, sampler, guidance=Guidance(cfg.cfg_scale), seed=cfg.seed,
+                      progress=cfg.progress)
     per_class = images.reshape(10, cfg.samples_per_class, *images.shape[1:])
     grid_path = save_grid(per_class[:, :10].reshape(-1, *images.shape[1:]), run_dir / "samples.png", nrow=10,
                           scale=4)

@@ -19,7 +19,7 @@ from .data.idx import IDXSpec, as_idx_spec
 from .eval.reference import write_npz
 from .eval.score import metrics_from_activations, reference_statistics, score_images
 from .imageio import save_grid, to_uint8
-from .sampling.generate import generate
+from .sampling import Guidance, generate, parse_sampler
 
 REFERENCE_IMAGES = 2000  # default reference: the first 2,000 train images (Inception costs ~0.1 s per image here)
 
@@ -42,8 +42,9 @@ def sample_and_score(model: torch.nn.Module, cfg: Any, run_dir: Path, process: A
     """Sample ``samples_per_class`` images per class, save the 10x10 grid and ``samples.npz``, and score FID."""
     labels = torch.arange(10).repeat_interleave(cfg.samples_per_class)
     tic = time.perf_counter()
-    images = generate(model, process, labels, sampler_steps=cfg.sampler_steps, cfg_scale=cfg.cfg_scale,
-                      seed=cfg.seed, progress=cfg.progress, clip_denoised=True)  # pixels: x0 in [-1, 1], as ADM
+    sampler = parse_sampler(cfg.sampler_steps, process, clip_denoised=cfg.clip_denoised)
+    images = generate(model, process, labels, sampler, guidance=Guidance(cfg.cfg_scale), seed=cfg.seed,
+                      progress=cfg.progress)
     sample_seconds = time.perf_counter() - tic
     per_class = images.reshape(10, cfg.samples_per_class, *images.shape[1:])
     grid_path = save_grid(per_class[:, :10].reshape(-1, *images.shape[1:]), run_dir / "samples.png", nrow=10,

@@ -26,7 +26,7 @@ from .imageio import make_grid, to_uint8
 from .models.layers import ATTENTION_BACKENDS, set_attention_backend
 from .objectives import DiffusionConfig
 from .objectives.flow import FlowConfig
-from .sampling.generate import generate_latents
+from .sampling import Guidance, Sampler, ShareSpec, generate_latents, parse_sampler, parse_share_spec
 from .utils.files import atomic_write, check_or_write_identity
 
 LABEL_MODES = ("balanced", "random")
@@ -42,13 +42,13 @@ class SampleConfig:
     out: str = "samples/samples.npz"  # ADM .npz to write (arr_0 uint8 NHWC, arr_1 labels)
     num_images: int = 50000  # N (ADM/DiT FID: 50,000)
     labels: str = "balanced"  # "balanced": image i is class i mod classes (50K -> 50 per class); "random"; or a class
-    sampler_steps: str = "250"  # respacing: "250" DDPM (DiT FID), "ddim50" DDIM, ...
+    sampler_steps: str = "250"  # "250" DDPM (DiT FID), "ddim50" DDIM; flow: "250" Euler, "heun12", "sde50", "ddt250"
     cfg_scale: float = 1.5  # classifier-free guidance scale (DiT FID: 1.5; 1 = none)
     guided_channels: int | None = None  # guide only the first K channels (official DiT/MDT: 3); None = all
     cfg_power: float | None = None  # MDT's power-cosine guidance schedule exponent (MDT FID: 4); None = constant
     eta: float = 0.0  # DDIM η
     cfg_interval: tuple[float, float] | None = None  # flow models: guide only for t in this interval (DDT: 0.3,1)
-    share: str | None = None  # flow models with an encoder/decoder split: "uniform:R" or "dp:K" (DDT)
+    share: str | None = None  # models with an encoder/decoder split (DDT): "uniform:R" or "dp:K" encoder sharing
     vae: str = "stabilityai/sd-vae-ft-ema"  # VAE folder or cached hub id; "identity" for pixel-space models
     seed: int = 0  # image i uses seed + i
     batch_size: int = 32  # images per forward and per resumable chunk (keep it fixed across resumes)
@@ -170,17 +170,23 @@ def prepare_for_speed(model: nn.Module, config: SampleConfig) -> nn.Module:
     return model
 
 
+def sampling_settings(config: SampleConfig, objective: DiffusionConfig | FlowConfig,
+                      ) -> tuple[Sampler, Guidance, ShareSpec | None]:
+    """The sampler spec, guidance and encoder sharing that the command line's strings and numbers name."""
+    guidance = Guidance(config.cfg_scale, config.guided_channels, config.cfg_power,
+                        None if config.cfg_interval is None else tuple(config.cfg_interval))
+    return parse_sampler(config.sampler_steps, objective, config.eta), guidance, parse_share_spec(config.share)
+
+
 def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, codec: Any, config: SampleConfig,
                  indices: range) -> tuple[np.ndarray, np.ndarray]:
     """uint8 (n, H, W, 3) images (grayscale repeated to RGB) and labels of one chunk."""
     labels = labels_for(indices, config.labels, model.config.num_classes, config.seed)
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    sampler, guidance, share = sampling_settings(config, diffusion)
     with autocast:
-        latents = generate_latents(model, diffusion, labels, sampler_steps=config.sampler_steps,
-                                   cfg_scale=config.cfg_scale, guided_channels=config.guided_channels,
-                                   eta=config.eta, cfg_interval=config.cfg_interval, share=config.share,
-                                   cfg_power=config.cfg_power,
+        latents = generate_latents(model, diffusion, labels, sampler, guidance=guidance, share=share,
                                    seeds=[config.seed + i for i in indices])
     images = codec.decode(latents.float())
     if images.shape[1] == 1:  # grayscale (MNIST-style pixel models): repeated to RGB, as ADM's npz and Inception need

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..models.official import official_file_family
 from ..models.registry import FAMILIES, family_of, preset_name
 from ..objectives import DiffusionConfig
 from ..objectives.flow import FlowConfig
@@ -108,20 +109,12 @@ def source_format(path: Path) -> str:
 # Reading.
 
 
-def official_family(state: Any) -> str:
-    """The family an official checkpoint belongs to, from its keys."""
-    keys = set(state.get("state_dict", state)) if isinstance(state, dict) else set()
-    if any(k.startswith(("ema_denoiser.", "s_embedder.")) for k in keys):
-        return "DDT"
-    if any(k.startswith("de_blocks.") for k in keys):
-        return "MDTv2"
-    if any(k.startswith("sideblocks.") for k in keys) or "mask_token" in keys:
-        return "MDT"
-    if any(".ssm." in k for k in keys):
-        return "DiffuSSM"
-    if "pos_embed" in keys or "ema" in keys:
-        return "DiT"
-    raise ValueError("cannot tell which family the checkpoint belongs to from its keys; pass --model")
+def official_family(checkpoint: Any) -> str:
+    """The family an official checkpoint belongs to, from its keys; one line asking for --model otherwise."""
+    family = official_file_family(checkpoint)
+    if family is None:
+        raise ValueError("cannot tell which family the checkpoint belongs to from its keys; pass --model")
+    return family
 
 
 def _family_of_name(name: str) -> str:
@@ -153,7 +146,7 @@ def read_official(path: Path, name: str | None, overrides: dict[str, Any]) -> Co
     from ..models import official
 
     with _broken_file_is_one_line(path):
-        family = _family_of_name(name) if name else official_family(official._read_file(path))
+        family = _family_of_name(name) if name else official_family(official.read_checkpoint(path))
         if family == "DiffuSSM":
             raise ValueError(f"{path}: {UNSUPPORTED[('DiffuSSM', 'official')]}")
         notes = []

@@ -102,7 +102,7 @@ def _torch_load(path: Path) -> Any:
         ) from err
 
 
-def _read_file(path: Path) -> Any:
+def read_checkpoint(path: Path) -> Any:
     """The object stored in a ``.safetensors`` file (a flat dict) or a torch pickle (anything tensor-like)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -165,7 +165,7 @@ def load_official_state_dict(path: str | Path, family: str = "DiT") -> dict[str,
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if family not in LAYOUTS:
         raise ValueError(f"no checkpoint layout for family {family!r}; known: {', '.join(LAYOUTS)}")
-    return extract_state_dict(_read_file(path), LAYOUTS[family], source=str(path))
+    return extract_state_dict(read_checkpoint(path), LAYOUTS[family], source=str(path))
 
 
 # ----------------------------------------------------------------------------
@@ -194,6 +194,23 @@ def checkpoint_family(state_dict: Mapping[str, Tensor]) -> str | None:
         return "DiffuSSM"
     if "pos_embed" in keys and "x_embedder.proj.weight" in keys and any(k.startswith("blocks.") for k in keys):
         return "DiT"
+    return None
+
+
+def official_file_family(checkpoint: Any) -> str | None:
+    """The family of a loaded official checkpoint (a raw state dict, a DiT train.py dict or DDT's Lightning
+    ``.ckpt``), read off its keys through each family's :data:`LAYOUTS`; None when none fits."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    if _is_state_dict(checkpoint):
+        return checkpoint_family(checkpoint)
+    for layout in LAYOUTS.values():
+        try:
+            family = checkpoint_family(extract_state_dict(checkpoint, layout))
+        except ValueError:  # this layout's container or prefix is not in the file
+            continue
+        if family is not None:
+            return family
     return None
 
 
@@ -587,7 +604,7 @@ def load_official_ddt(path: str | Path, name: str = "DDT", **overrides: Any) -> 
     if name != "DDT" and name not in presets:
         raise ValueError(f"unknown DDT model {name!r}; allowed: DDT, {', '.join(presets)}")
     requested = {**presets.get(name, {}), **overrides}
-    checkpoint = _read_file(path)
+    checkpoint = read_checkpoint(path)
     state_dict = _ddt_weights(checkpoint, str(path))
     _require_family(state_dict, "DDT", str(path))
     sizes = infer_ddt_sizes(state_dict, requested.get("patch_size", 2))

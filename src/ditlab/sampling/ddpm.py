@@ -10,7 +10,8 @@ from torch import Tensor
 from ..objectives.gaussian import GaussianDiffusion
 from .noise import Generators, randn_like
 
-# (x_t, t) -> raw model output, with t on the ORIGINAL timestep scale (diffusion.timestep_map applied).
+# (x_t, t) -> model output. Gaussian samplers pass t on the ORIGINAL timestep scale (timestep_map applied) and
+# read the raw output; flow samplers pass t in [0, 1] and read the velocity.
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 # callback(step_index, x, pred_xstart) after each step; step_index counts down T'-1 .. 0.
 StepCallback = Callable[[int, Tensor, Tensor], None]

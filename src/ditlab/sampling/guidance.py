@@ -62,6 +62,40 @@ class CFGConfig:
         return not callable(self.scale) and float(self.scale) == 1.0
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance as a user asks for it; the sampler turns it into a :class:`CFGConfig`.
+
+    The schedules read t in their sampler family's convention, so each belongs to one family: ``power`` (MDT's
+    power-cosine schedule over the Gaussian process's timesteps) and ``interval`` (DDT: guide only while
+    low < t < high, t in [0, 1] of a flow sampler). Outside the interval the conditional output is used (both
+    passes still run, as DDT). ``interval=None`` guides at every step, t = 0 included, as SiT and DDT's plain
+    flow samplers (``flow_matching/sampling.py``) do; DDT's samplers for its own model use an open interval
+    whose default (0, 1) excludes t = 0: :class:`~ditlab.sampling.samplers.DDTEuler` applies that default.
+    """
+
+    scale: float = 1.0  # w in uncond + w·(cond − uncond); 1 = no guidance (one conditional pass)
+    guided_channels: int | None = None  # None = all prediction channels; 3 = official DiT/MDT legacy
+    power: float | None = None  # Gaussian samplers: MDT's power-cosine schedule with this exponent (MDT FID: 4)
+    interval: tuple[float, float] | None = None  # flow samplers: guide only for low < t < high (DDT: 0.3, 1)
+    joint_batch: bool = True  # one forward on [cond; uncond] (2N); False = two forwards on N (half the activations)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
+            raise ValueError(f"guidance scale must be a number, got {self.scale!r}")
+        if self.guided_channels is not None and self.guided_channels < 1:
+            raise ValueError(f"guided_channels must be None or >= 1, got {self.guided_channels!r}")
+        if self.power is not None and self.power <= 0:
+            raise ValueError(f"guidance power must be > 0 (or None for a constant scale), got {self.power!r}")
+        if self.interval is not None and not (len(self.interval) == 2 and self.interval[0] < self.interval[1]):
+            raise ValueError(f"guidance interval must be (low, high) with low < high, got {self.interval!r}")
+
+    def config(self, scale: float | ScaleFn, null_class: int) -> CFGConfig:
+        """The CFG wrapper's settings with ``scale`` (a number or a schedule t -> (N,) scales)."""
+        return CFGConfig(scale=scale, null_class=null_class, guided_channels=self.guided_channels,
+                         joint_batch=self.joint_batch)
+
+
 def _scale_tensor(scale: float | ScaleFn, t: Tensor, like: Tensor) -> Tensor | float:
     """The scale as a float, or as (N, 1, ..., 1) from scale_fn(t) to broadcast per sample."""
     if not callable(scale):

@@ -1,19 +1,17 @@
 """Flow samplers: Euler and Heun ODE, Euler–Maruyama SDE, on DDT's time grid (t = 0 noise, t = 1 data).
 
-As ``MCG-NJU/DDT`` ``stateful_flow_matching/sampling.py:EulerSampler``: the grid is
-``linspace(0, 1 - last_step, num_steps)`` followed by 1, then shifted by ``t / (t + (1 - t) s)``; each step moves
-``x += v dt``; the last step is always a plain ODE step. The SDE is the official ``sde_step_fn`` with the linear
-scheduler: ``dx = (v + w ∇log p_t) dt + sqrt(2 w) dW`` with ``w = diffusion (1 - t)`` (DDT's ``w = sigma``), which
-keeps the ODE's marginals. Guidance is the separate CFG piece; :func:`guidance_interval` restricts it to an
-interval of t (DDT: 0.3 < t < 1).
-
-A denoiser here is ``(x, t) -> v`` with t an (N,) float tensor in [0, 1].
+Pure functions of a denoiser ``(x, t) -> v`` (t an (N,) float tensor in [0, 1]) and a time grid, as k-diffusion's
+``sample_euler(model, x, sigmas)``. As ``MCG-NJU/DDT`` ``stateful_flow_matching/sampling.py:EulerSampler``: the
+grid is ``linspace(0, 1 - last_step, num_steps)`` followed by 1, then shifted by ``t / (t + (1 - t) s)``; each
+step moves ``x += v dt``; the last step is always a plain ODE step. The SDE is the official ``sde_step_fn`` with
+the linear scheduler: ``dx = (v + w ∇log p_t) dt + sqrt(2 w) dW`` with ``w = diffusion (1 - t)`` (DDT's
+``w = sigma``), which keeps the ODE's marginals. Heun is ``flow_matching/sampling.py:HeunSampler``. Guidance is
+the separate CFG piece; :func:`guidance_interval` restricts it to an interval of t (DDT: 0.3 < t < 1).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -24,35 +22,6 @@ from .noise import Generators, randn_like
 FlowDenoiser = Callable[[Tensor, Tensor], Tensor]
 # callback(step_index, x_after_step, t_next)
 FlowCallback = Callable[[int, Tensor, float], None]
-FLOW_METHODS = ("euler", "heun", "sde")
-
-
-@dataclass
-class FlowSamplerConfig:
-    """Flow sampler settings (defaults: DDT-XL/2 at 256 px: Euler ODE, 250 steps, last step 0.04, no shift)."""
-
-    method: str = "euler"  # "euler" / "heun" ODE, or "sde" (Euler–Maruyama)
-    num_steps: int = 250  # steps from t = 0 (noise) to t = 1 (data)
-    last_step: float | None = 0.04  # size of the final step before the shift; None = 1 / num_steps (a uniform grid)
-    time_shift: float = 1.0  # s in t -> t / (t + (1 - t) s); > 1 spends more steps near the noise end
-    diffusion: float = 1.0  # SDE only: w(t) = diffusion * (1 - t)
-
-    def __post_init__(self) -> None:
-        if self.method not in FLOW_METHODS:
-            raise ValueError(f"method={self.method!r} is not one of {', '.join(FLOW_METHODS)}")
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps={self.num_steps} must be a positive integer")
-        if self.last_step is not None and not 0.0 < self.last_step <= 1.0:
-            raise ValueError(f"last_step={self.last_step} must be in (0, 1] (or None for 1/num_steps)")
-        if self.time_shift <= 0:
-            raise ValueError(f"time_shift={self.time_shift} must be positive")
-        if self.diffusion < 0:
-            raise ValueError(f"diffusion={self.diffusion} must be >= 0")
-
-    @property
-    def num_evaluations(self) -> int:
-        """Model evaluations of one sampling run (Heun: two per step)."""
-        return 2 * self.num_steps if self.method == "heun" else self.num_steps
 
 
 def shift_time(t: Tensor, shift: float) -> Tensor:
@@ -82,15 +51,26 @@ def _batch_time(t: Tensor, x: Tensor) -> Tensor:
     return t.to(x.device).expand(x.shape[0]).clone()
 
 
+def _steps(grid: Tensor, progress: bool) -> Iterable[int]:
+    """Step indices 0..N-1, wrapped in a tqdm bar if asked."""
+    indices = range(len(grid) - 1)
+    if not progress:
+        return indices
+    from tqdm.auto import tqdm  # imported lazily: only needed for the bar
+
+    return tqdm(indices)
+
+
 # ----------------------------------------------------------------------------
 # Samplers (pure functions over a denoiser and a grid).
 
 
 @torch.no_grad()
-def sample_euler(denoiser: FlowDenoiser, noise: Tensor, grid: Tensor, callback: FlowCallback | None = None) -> Tensor:
+def sample_euler(denoiser: FlowDenoiser, noise: Tensor, grid: Tensor, callback: FlowCallback | None = None,
+                 progress: bool = False) -> Tensor:
     """Euler ODE: x_{i+1} = x_i + v(x_i, t_i) (t_{i+1} - t_i)."""
     x = noise
-    for i in range(len(grid) - 1):
+    for i in _steps(grid, progress):
         x = x + denoiser(x, _batch_time(grid[i], x)) * (grid[i + 1] - grid[i])
         if callback is not None:
             callback(i, x, float(grid[i + 1]))
@@ -98,30 +78,47 @@ def sample_euler(denoiser: FlowDenoiser, noise: Tensor, grid: Tensor, callback: 
 
 
 @torch.no_grad()
-def sample_heun(denoiser: FlowDenoiser, noise: Tensor, grid: Tensor, callback: FlowCallback | None = None) -> Tensor:
-    """Heun's method (2nd order): Euler predictor, then the mean of the slopes at both ends (2 evaluations/step)."""
-    x = noise
-    for i in range(len(grid) - 1):
+def sample_heun(denoiser: FlowDenoiser, noise: Tensor, grid: Tensor, exact: bool = False,
+                callback: FlowCallback | None = None, progress: bool = False) -> Tensor:
+    """Heun's method as DDT's ``HeunSampler``: Euler predictor, then the mean of the slopes at both ends.
+
+    The last step is a plain Euler step (the model is never evaluated at t = 1), as DDT and EDM's sampler do.
+    ``exact=False`` (DDT's default ``exact_henu=False``) reuses the corrector's slope, taken at the predicted
+    point, as the next predictor's slope: one model call per step (N for N steps). ``exact=True`` evaluates the
+    predictor afresh: 2N - 1 calls. Both converge at second order (the reused slope is off by O(dt²)).
+    """
+    x, v_next = noise, None
+    last = len(grid) - 2
+    for i in _steps(grid, progress):
         dt = grid[i + 1] - grid[i]
-        v0 = denoiser(x, _batch_time(grid[i], x))
-        x_pred = x + v0 * dt
-        v1 = denoiser(x_pred, _batch_time(grid[i + 1], x))
-        x = x + 0.5 * (v0 + v1) * dt
+        v = denoiser(x, _batch_time(grid[i], x)) if exact or v_next is None else v_next
+        x_pred = x + v * dt
+        if i < last:
+            v_next = denoiser(x_pred, _batch_time(grid[i + 1], x))
+            x = x + (v + v_next) / 2 * dt
+        else:
+            x = x_pred
         if callback is not None:
             callback(i, x, float(grid[i + 1]))
     return x
 
 
+def heun_evaluations(num_steps: int, exact: bool = False) -> int:
+    """Model calls of :func:`sample_heun` over ``num_steps`` steps: N (DDT's default) or 2N - 1 (exact)."""
+    return 2 * num_steps - 1 if exact else num_steps
+
+
 @torch.no_grad()
 def sample_euler_maruyama(denoiser: FlowDenoiser, noise: Tensor, grid: Tensor, diffusion: float = 1.0,
-                          generator: Generators = None, callback: FlowCallback | None = None) -> Tensor:
+                          generator: Generators = None, callback: FlowCallback | None = None,
+                          progress: bool = False) -> Tensor:
     """Euler–Maruyama on dx = (v + w ∇log p_t) dt + sqrt(2 w dt) z with w = diffusion (1 - t); last step plain ODE.
 
     With ∇log p_t = (t v - x) / (1 - t) (linear path), ``w ∇log p_t = diffusion (t v - x)`` has no singularity.
     """
     x = noise
     last = len(grid) - 2
-    for i in range(len(grid) - 1):
+    for i in _steps(grid, progress):
         t, dt = grid[i], grid[i + 1] - grid[i]
         v = denoiser(x, _batch_time(t, x))
         if i == last:
@@ -133,14 +130,3 @@ def sample_euler_maruyama(denoiser: FlowDenoiser, noise: Tensor, grid: Tensor, d
         if callback is not None:
             callback(i, x, float(grid[i + 1]))
     return x
-
-
-def sample_flow(denoiser: FlowDenoiser, noise: Tensor, config: FlowSamplerConfig, generator: Generators = None,
-                callback: FlowCallback | None = None) -> Tensor:
-    """Run the sampler ``config.method`` names on DDT's grid from ``noise`` (t = 0) to data (t = 1)."""
-    grid = time_grid(config.num_steps, config.last_step, config.time_shift).to(noise.device)
-    if config.method == "euler":
-        return sample_euler(denoiser, noise, grid, callback)
-    if config.method == "heun":
-        return sample_heun(denoiser, noise, grid, callback)
-    return sample_euler_maruyama(denoiser, noise, grid, config.diffusion, generator, callback)

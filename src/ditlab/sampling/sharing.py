@@ -9,7 +9,9 @@ Works for any model with an encoder/decoder split: either ``encode(x, t, y) -> s
   recompute evaluations (the first is 0) that minimise the summed ``1 - cos`` between each evaluation's state and
   the state it reuses.
 
-"Steps" here are model evaluations (for Euler and Euler–Maruyama one per sampler step, as in DDT).
+"Steps" here are model evaluations: one per sampler step for DDPM, DDIM, Euler, Euler–Maruyama and DDT's
+default Heun, 2N - 1 for exact Heun (``Sampler.evaluations``). DDT's DP sampler is an Euler ODE; ditlab solves
+the DP for any sampler, calibrating with that same sampler.
 """
 
 from __future__ import annotations

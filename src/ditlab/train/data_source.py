@@ -60,6 +60,11 @@ class DataSource:
         return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     @property
+    def codec_name(self) -> str:
+        """What ``ditlab sample --vae`` needs to decode this run's samples: "identity" or the latents' VAE."""
+        return "identity" if self.pixel_space else str(self.dataset.index["vae"])
+
+    @property
     def pixel_space(self) -> bool:
         """True when the model-space tensors are the images themselves (identity codec)."""
         return isinstance(self.codec, IdentityCodec)

@@ -89,15 +89,17 @@ def sample_images(model: nn.Module, config: Any, codec: Any, indices: range, num
     """uint8 (n, H, W, C) images number ``indices`` of the FID set, with the grids' sampler; image i has label
     i mod num_classes and seed FID_SEED_OFFSET + seed + i. The one call into the sampling layer."""
     from ..imageio import to_uint8
-    from ..sampling.generate import generate
+    from ..sampling import Guidance, generate, parse_sampler
     from .objective import sampling_config
 
+    objective = sampling_config(config)
+    sampler, guidance = parse_sampler(config.sample_steps, objective), Guidance(config.sample_cfg)
     out = []
     for start in range(indices.start, indices.stop, max(1, config.global_batch)):
         part = range(start, min(start + config.global_batch, indices.stop))
         labels = torch.tensor([i % num_classes for i in part])
-        images = generate(model, sampling_config(config), labels, sampler_steps=config.sample_steps,
-                          cfg_scale=config.sample_cfg, seed=FID_SEED_OFFSET + config.seed + start, codec=codec)
+        images = generate(model, objective, labels, sampler, guidance=guidance,
+                          seed=FID_SEED_OFFSET + config.seed + start, codec=codec)
         out.append(to_uint8(images))
     return np.concatenate(out) if out else np.zeros((0, 0, 0, 0), np.uint8)
 

@@ -135,9 +135,10 @@ def restore(run_dir: Path, step: int, model: nn.Module, ema: EMA, opt: torch.opt
     return step
 
 
-def checkpoint_metadata(model: nn.Module, config: TrainConfig) -> dict[str, Any]:
-    """What ``ditlab sample`` needs to rebuild the model from the weights file alone."""
+def checkpoint_metadata(model: nn.Module, config: TrainConfig, vae: str) -> dict[str, Any]:
+    """What ``ditlab sample`` needs to rebuild the model (and decode its samples) from the weights file alone."""
     return {
+        "vae": vae,
         "family": family_of(model),
         "model": config.model,
         "config": dataclasses.asdict(model.config),
@@ -148,8 +149,8 @@ def checkpoint_metadata(model: nn.Module, config: TrainConfig) -> dict[str, Any]
 
 
 def save(run_dir: Path, step: int, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
-         config: TrainConfig, objective: nn.Module | None = None) -> Path:
-    metadata = checkpoint_metadata(model, config)
+         config: TrainConfig, vae: str, objective: nn.Module | None = None) -> Path:
+    metadata = checkpoint_metadata(model, config, vae)
     train_state = {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict()}
     if objective is not None:  # trainable objective parts (REPA's projector)
         train_state["objective"] = objective.state_dict()
@@ -234,8 +235,8 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, resume_from: int 
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['img_per_s']:.1f}")
                 window, tic = [], time.perf_counter()
             if saving:
-                last_ckpt = _save_or_stop(run_dir, done, model, ema, opt, config, trained_objective, info,
-                                          last_ckpt, bar, logger)
+                last_ckpt = _save_or_stop(run_dir, done, model, ema, opt, config, data.codec_name,
+                                          trained_objective, info, last_ckpt, bar, logger)
             if stopping:
                 break
             if _wants_grid(config, done):
@@ -252,20 +253,22 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, resume_from: int 
 
 
 def _save_or_stop(run_dir: Path, done: int, model: nn.Module, ema: EMA, opt: torch.optim.Optimizer,
-                  config: TrainConfig, objective: nn.Module | None, info: DistInfo, last_ckpt: Path | None,
+                  config: TrainConfig, vae: str, objective: nn.Module | None, info: DistInfo,
+                  last_ckpt: Path | None,
                   bar: tqdm, logger: MetricsLogger) -> Path:
     """Save the checkpoint of step ``done`` (every rank takes part); a failed or refused save stops the run
     on every rank with one line naming the file and the last good checkpoint."""
     where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint was written yet"
     try:
         if config.parallel == "fsdp":  # every rank writes its shards
-            path = fsdp.save(run_dir / "checkpoints", done, model, ema.module, opt,
-                             checkpoint_metadata(model, config), info, objective, keep=config.keep_checkpoints)
+            metadata = checkpoint_metadata(model, config, vae)
+            path = fsdp.save(run_dir / "checkpoints", done, model, ema.module, opt, metadata, info, objective,
+                             keep=config.keep_checkpoints)
         else:
             path, error = None, None
             if info.is_main:
                 try:
-                    path = save(run_dir, done, model, ema, opt, config, objective)
+                    path = save(run_dir, done, model, ema, opt, config, vae, objective)
                 except (ValueError, ckpt.CheckpointWriteError) as err:
                     error = (type(err).__name__, str(err))
             error = broadcast_object(error)
@@ -330,12 +333,13 @@ def _wants_grid(config: TrainConfig, done: int) -> bool:
 def _save_grid(run_dir: Path, step: int, model: nn.Module, config: TrainConfig, data: DataSource) -> None:
     """A class-per-row grid from the EMA weights, saved as samples/step_<S>.png."""
     from ..imageio import save_grid
-    from ..sampling.generate import generate
+    from ..sampling import Guidance, generate, parse_sampler
 
     classes = min(data.num_classes, 10)
     labels = torch.arange(classes).repeat_interleave(8)
-    images = generate(model, sampling_config(config), labels, sampler_steps=config.sample_steps,
-                      cfg_scale=config.sample_cfg, seed=config.seed, codec=data.codec)
+    objective = sampling_config(config)
+    images = generate(model, objective, labels, parse_sampler(config.sample_steps, objective),
+                      guidance=Guidance(config.sample_cfg), seed=config.seed, codec=data.codec)
     save_grid(images, run_dir / "samples" / f"step_{step:07d}.png", nrow=8, scale=max(1, 64 // images.shape[-1]))
 
 
