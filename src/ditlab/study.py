@@ -479,18 +479,22 @@ def sample_images(model: torch.nn.Module, tc: TrainConfig, cfg: StudyConfig, sha
 def _sample_batch(model: torch.nn.Module, tc: TrainConfig, cfg: StudyConfig, process: Any, labels: torch.Tensor,
                   seeds: list[int], share: Any) -> torch.Tensor:
     """One batch with the entry's sampler: Euler ODE (flow) or DDPM respaced to ``sampler_steps``."""
-    from .sampling.generate import flow_sampler_from_steps, generate_flow_latents, generate_latents
+    from .sampling import Guidance, generate_latents
 
-    if tc.objective == "flow":
-        sampler = flow_sampler_from_steps(f"euler{cfg.sampler_steps}")
-        x, _ = generate_flow_latents(model, process, labels, sampler=sampler, cfg_scale=cfg.cfg_scale, seeds=seeds,
-                                     share=share)
-    else:
-        x = generate_latents(model, process, labels, sampler_steps=str(cfg.sampler_steps), cfg_scale=cfg.cfg_scale,
-                             seeds=seeds)
+    x = generate_latents(model, process, labels, entry_sampler(tc, cfg), guidance=Guidance(cfg.cfg_scale),
+                         share=share, seeds=seeds)
     if x.device.type == "cuda":
         torch.cuda.synchronize()
     return x
+
+
+def entry_sampler(tc: TrainConfig, cfg: StudyConfig) -> Any:
+    """The sampler spec of an entry: ``sampler_steps`` Euler steps (flow) or DDPM respaced to that many."""
+    from .sampling import parse_sampler
+    from .train.objective import sampling_config
+
+    text = f"euler{cfg.sampler_steps}" if tc.objective == "flow" else str(cfg.sampler_steps)
+    return parse_sampler(text, sampling_config(tc))
 
 
 def _uint8_rgb(images: torch.Tensor) -> np.ndarray:
@@ -622,8 +626,8 @@ def run_unit(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, step
 
 def run_sharing(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, reference: Path) -> None:
     """FID and sampling speed of every encoder-sharing setting at the final budget (DDT)."""
-    from .sampling.generate import generate_flow_latents
-    from .sampling.ode import FlowSamplerConfig
+    from .sampling import Guidance, parse_share_spec, sharing_schedule
+    from .train.objective import sampling_config
 
     plan, result, step = state["plan"][name], _entry_result(state, name), cfg.budgets[-1]
     run_dir = _run_dir(out, name)
@@ -639,16 +643,13 @@ def run_sharing(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, r
                                        "sample_img_per_s": final["samples"] / seconds}
             save_state(out, state)
             continue
-        share: Any = None if spec == "none" else spec
+        share: Any = parse_share_spec(spec)
         calibration = 0.0
         if spec.startswith("dp"):  # solve DDT's DP once (8 calibration samples), then sample with its schedule
             model = load_entry_model(run_dir, step, _device(cfg))
             tic = time.perf_counter()
-            labels = torch.zeros(1, dtype=torch.long)
-            sampler = FlowSamplerConfig("euler", cfg.sampler_steps)
             tc = entry_train_config(cfg, plan, run_dir, step)
-            share = sorted(generate_flow_latents(model, tc.flow, labels, sampler=sampler, cfg_scale=cfg.cfg_scale,
-                                                 share=spec)[1].recompute)
+            share = sharing_schedule(model, sampling_config(tc), entry_sampler(tc, cfg), share, Guidance(cfg.cfg_scale))
             calibration = time.perf_counter() - tic
         tic = time.perf_counter()
         row = evaluate_at(cfg, plan, run_dir, step, reference, None, share=share, desc=f"sample {name} {spec}")
