@@ -316,3 +316,16 @@ def test_a_checkpoint_folder_is_pinned_by_the_bytes_and_names_of_its_files(tmp_p
     (tmp_path / "b" / "transformer" / "model.safetensors").rename(tmp_path / "b" / "transformer" / "other")
     (tmp_path / "b" / "transformer" / "other").write_bytes(b"weights")
     assert weights_sha256(tmp_path / "a") != weights_sha256(tmp_path / "b")  # same bytes under another name
+
+
+def test_a_trained_digits_checkpoint_samples_without_naming_its_codec(tmp_path):
+    from ditlab.sample import DEFAULT_VAE, recorded_vae
+    from ditlab.train import TrainConfig, train
+
+    run = train(TrainConfig(run_dir=str(tmp_path / "run"), model="DiT", steps=2, global_batch=4, ckpt_every=2,
+                            sample_every=-1, progress=False, device="cpu",
+                            model_args=dict(depth=1, hidden_size=32, num_heads=2, patch_size=4)))
+    assert recorded_vae(run.last_checkpoint) == "identity"  # pixel-space digits: the run recorded its codec
+    images, _ = read(run_sample(cfg(run.last_checkpoint, tmp_path / "s.npz", vae=None, num_images=2)))
+    assert images.shape == (2, 16, 16, 3)  # one grey channel repeated to RGB
+    assert recorded_vae(tmp_path) == DEFAULT_VAE  # a folder without vae/ is no pipeline with its own VAE

@@ -10,6 +10,7 @@ into the ``.npz`` (``arr_0``: uint8 NHWC, ``arr_1``: labels), as DiT's ``sample_
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from dataclasses import dataclass
@@ -49,7 +50,7 @@ class SampleConfig:
     eta: float = 0.0  # DDIM η
     cfg_interval: tuple[float, float] | None = None  # flow models: guide only for t in this interval (DDT: 0.3,1)
     share: str | None = None  # models with an encoder/decoder split (DDT): "uniform:R" or "dp:K" encoder sharing
-    vae: str = "stabilityai/sd-vae-ft-ema"  # VAE folder or cached hub id; "identity" for pixel-space models
+    vae: str | None = None  # VAE folder or hub id, "identity" for pixel space; None: what the checkpoint records
     seed: int = 0  # image i uses seed + i
     batch_size: int = 32  # images per forward and per resumable chunk (keep it fixed across resumes)
     precision: str = "fp32"  # "fp32" or "bf16" autocast for the backbone
@@ -244,6 +245,26 @@ def _save_pngs_and_grid(config: SampleConfig, images: np.ndarray) -> None:
         Image.fromarray(grid).save(config.grid)
 
 
+DEFAULT_VAE = "stabilityai/sd-vae-ft-ema"  # what the official DiT checkpoints were trained with
+
+
+def recorded_vae(checkpoint: Path) -> str:
+    """The codec a checkpoint's samples decode with: a ditlab checkpoint records it ("identity" for pixel-space
+    runs); a diffusers pipeline folder has its own ``vae/``; anything else (official DiT files, ditlab checkpoints
+    older than the record) gets DiT's SD VAE."""
+    if checkpoint.is_dir():
+        return str(checkpoint) if (checkpoint / "vae").is_dir() else DEFAULT_VAE
+    if checks.checkpoint_format(checkpoint) == "safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(checkpoint), framework="pt") as f:
+                return (f.metadata() or {}).get("vae") or DEFAULT_VAE
+        except Exception:  # a damaged file: loading the weights names it in one line
+            return DEFAULT_VAE
+    return DEFAULT_VAE
+
+
 # ----------------------------------------------------------------------------
 # The job.
 
@@ -260,6 +281,7 @@ def run_sample(config: SampleConfig) -> Path:
     local = resolve_weights(config.checkpoint, "checkpoint", config.allow_download)  # fail before any work
     if local.is_file():
         checks.checkpoint_format(local)
+    config = dataclasses.replace(config, vae=config.vae or recorded_vae(local))
     info = init_distributed(config.device)
     out = Path(config.out)
     parts = parts_dir(out)
