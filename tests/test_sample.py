@@ -207,9 +207,9 @@ def test_read_only_output_folder_is_refused_before_any_work(checkpoint, tmp_path
         folder = Path("/proc/self")
     else:
         pytest.skip("running as root without /proc: no folder here refuses writes")
-    with pytest.raises(ValueError, match="cannot write in"):
+    with pytest.raises(ValueError, match="folder of --out .* is not writable"):
         run_sample(cfg(checkpoint, folder / "s.npz"))
-    with pytest.raises(ValueError, match="--png-dir .*cannot write in"):
+    with pytest.raises(ValueError, match="--png-dir .* is not writable"):
         run_sample(cfg(checkpoint, tmp_path / "s.npz", png_dir=str(folder / "png")))
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from .objectives import DiffusionConfig
 from .objectives.flow import FlowConfig
+from .utils.files import check_writable_folder
 
 if TYPE_CHECKING:
     from .sample import SampleConfig
@@ -62,21 +63,6 @@ def _hash_file(digest: Any, path: Path) -> None:
             digest.update(block)
 
 
-def _writable_folder(folder: Path, what: str) -> None:
-    """Refuse a ``folder`` (for the output ``what``) that could not be made or written, by writing a probe file in
-    it or, if it does not exist yet, in its nearest existing parent; nothing is created, so a refused job leaves
-    no trace."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path.cwd())
-    if not existing.is_dir():
-        raise ValueError(f"{what}: {existing} is a file, not a folder")
-    try:
-        probe = existing / f".write-probe.tmp-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"{what}: cannot write in {existing} ({err.strerror or err})") from None
-
-
 def check_outputs(config: SampleConfig) -> None:
     """Refuse, before sampling, outputs that could not be written at the end: a folder where the .npz or grid
     goes, a file where the PNG folder goes, a grid name Pillow cannot save, a folder without write access."""
@@ -85,9 +71,9 @@ def check_outputs(config: SampleConfig) -> None:
     out = Path(config.out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a folder; give the .npz file to write")
-    _writable_folder(out.parent, f"--out {out}")
+    check_writable_folder(out.parent, "the folder of --out", create=False)
     if config.png_dir:
-        _writable_folder(Path(config.png_dir), f"--png-dir {config.png_dir}")
+        check_writable_folder(Path(config.png_dir), "--png-dir", create=False)
     if config.grid:
         grid = Path(config.grid)
         if grid.is_dir():
@@ -95,7 +81,7 @@ def check_outputs(config: SampleConfig) -> None:
         if grid.suffix.lower() not in Image.registered_extensions():
             raise ValueError(f"--grid {grid}: Pillow cannot write {grid.suffix or 'files without an extension'}; "
                              f"use .png or .jpg")
-        _writable_folder(grid.parent, f"--grid {grid}")
+        check_writable_folder(grid.parent, "the folder of --grid", create=False)
 
 
 def check_options_fit(model: nn.Module, objective: DiffusionConfig | FlowConfig, config: SampleConfig) -> None:

@@ -69,17 +69,19 @@ def is_temp_file(name: str) -> bool:
     return name.startswith(".") and TEMP_MARK in name
 
 
-def check_writable_folder(path: Path, what: str) -> None:
-    """Refuse, in one line, a folder that exists as a file or cannot be created or written, before any work."""
+def check_writable_folder(path: Path, what: str, create: bool = True) -> None:
+    """Refuse, in one line and before any work, a folder that exists as a file (or below one) or cannot be
+    written: a probe file is written in it (``create``: the folder is made first) or, without ``create``, in its
+    nearest existing parent, so that a refused job leaves no trace."""
     path = Path(path)
-    for parent in (path, *path.parents):
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"{what} {path} cannot be used: {parent} is a file, not a folder")
-        if parent.exists():
-            break
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path.cwd())
+    if not existing.is_dir():
+        raise ValueError(f"{what} {path} cannot be used: {existing} is a file, not a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe{TEMP_MARK}{os.getpid()}"
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            existing = path
+        probe = existing / f".write-probe{TEMP_MARK}{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as err:
