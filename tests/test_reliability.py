@@ -176,6 +176,24 @@ def test_crafted_dcp_item_is_refused_and_a_genuine_folder_loads(tmp_path):
     assert not marker.exists()
 
 
+def test_dcp_items_are_never_loaded_with_weights_only_false(tmp_path, monkeypatch):
+    """The checked object is the one stored: torch's second, unrestricted ``torch.load`` never runs."""
+    import torch.distributed.checkpoint as dcp
+
+    from ditlab.train.dcp_safe import SafeFileSystemReader, SafeLoadPlanner
+
+    saved = {"w": torch.arange(3.0), "optim": {"groups": [{"lr": 2e-4, "params": ["w"]}], "step": 7}}
+    with pytest.warns(UserWarning):
+        dcp.save(saved, checkpoint_id=str(tmp_path / "ck"))
+    calls, real_load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or real_load(*a, **k))
+    loaded = {"w": torch.zeros(3), "optim": {"groups": [{"lr": 0.0, "params": [""]}], "step": 0}}
+    with pytest.warns(UserWarning):
+        dcp.load(loaded, storage_reader=SafeFileSystemReader(str(tmp_path / "ck")), planner=SafeLoadPlanner())
+    assert loaded["optim"] == saved["optim"] and torch.equal(loaded["w"], saved["w"])
+    assert calls and all(flag is True for flag in calls)
+
+
 def test_resume_of_a_crafted_sharded_checkpoint_is_one_line(straight, tmp_path, capsys):
     """A run folder whose DCP metadata would run code: the CLI refuses it before building anything."""
     run = copy_run(straight, tmp_path)

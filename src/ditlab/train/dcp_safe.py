@@ -3,7 +3,7 @@
 torch's ``FileSystemReader`` loads a folder's ``.metadata`` with plain ``pickle.load`` and its non-tensor items
 (the optimizer's param groups) with ``torch.load(weights_only=False)``: a crafted file in a run folder would run
 code on every rank at ``--resume``. Here the metadata goes through an unpickler that admits only the checkpoint
-metadata types, and every non-tensor item must first load under ``weights_only=True`` (tensors already do).
+metadata types, and every non-tensor item is loaded only under ``weights_only=True`` (tensors already are).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
@@ -73,21 +74,23 @@ class SafeFileSystemReader(FileSystemReader):
 
 
 class SafeLoadPlanner(DefaultLoadPlanner):
-    """``DefaultLoadPlanner`` that admits a non-tensor item only if it loads under ``weights_only=True``.
+    """``DefaultLoadPlanner`` whose non-tensor items are unpickled only by ``torch.load(weights_only=True)``.
 
-    The item is then handed to torch's own code: a pickle that passed the weights-only check references only
-    the allowed globals, so the full load that follows runs nothing else.
+    torch's own ``load_bytes`` runs ``torch.load(weights_only=False)``, a second, unrestricted unpickler; here the
+    object the weights-only load returns is the one stored, placed exactly where the parent would place it.
     """
 
     def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        fqn = read_item.dest_index.fqn
         try:
-            torch.load(value, weights_only=True)
+            obj = torch.load(value, weights_only=True)
         except Exception as err:
-            name = getattr(read_item.dest_index, "fqn", "?")
-            raise CorruptCheckpointError(f"checkpoint item {name!r} is refused: {str(err).splitlines()[0]}") \
+            raise CorruptCheckpointError(f"checkpoint item {fqn!r} is refused: {str(err).splitlines()[0]}") \
                 from None
-        value.seek(0)
-        super().load_bytes(read_item, value)
+        if self.flatten_state_dict:  # as DefaultLoadPlanner.load_bytes, without its weights_only=False load
+            set_element(self.original_state_dict, self.mappings[fqn], obj)
+        else:
+            self.state_dict[fqn] = obj
 
 
 def first_failure(err: BaseException) -> BaseException:
