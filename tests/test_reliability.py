@@ -297,6 +297,21 @@ def test_leftovers_of_killed_writes_are_removed_on_resume(straight, tmp_path, ca
                                              for k in ("safetensors", "train_state.pt")]
 
 
+def test_a_weights_file_without_train_state_survives_start_and_resume(straight, tmp_path):
+    """Weights are written last, so a weights file alone is never a killed write's leftover: it is kept."""
+    run = copy_run(straight, tmp_path)
+    ckpt_dir = run / "checkpoints"
+    alone = ckpt_dir / "step_0000007.safetensors"
+    shutil.copyfile(ckpt.checkpoint_paths(ckpt_dir, 5)[0], alone)
+    train(tiny_config(run, steps=15, ckpt_every=5), resume=True)
+    assert alone.read_bytes() == ckpt.checkpoint_paths(straight / "checkpoints", 5)[0].read_bytes()
+    fresh = tmp_path / "fresh"
+    (fresh / "checkpoints").mkdir(parents=True)
+    shutil.copyfile(alone, fresh / "checkpoints" / alone.name)
+    train(tiny_config(fresh, steps=2, ckpt_every=10))
+    assert (fresh / "checkpoints" / alone.name).is_file()
+
+
 def test_two_runs_cannot_share_a_folder_and_a_stale_lock_is_reported(straight, tmp_path, capsys):
     run = copy_run(straight, tmp_path)
     with folder_lock(run, print), pytest.raises(ValueError, match=rf"{run} is in use by another job \(.* PID "

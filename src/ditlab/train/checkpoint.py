@@ -288,18 +288,20 @@ def prune_checkpoints(ckpt_dir: Path, keep: int) -> None:
 
 
 def remove_leftovers(ckpt_dir: Path) -> list[Path]:
-    """Delete what killed writes leave: temporary files and folders, and halves of a checkpoint pair.
+    """Delete what killed writes leave: temporary files and folders, and train states without their weights.
 
+    A save writes the train state first and the weights last, so only a train-state half (file or ``.dcp``
+    folder) can be a killed write's leftover; a weights file alone is kept (a copied or hand-made EMA file).
     Call only while holding the run folder's lock (another job's write in progress looks the same).
     """
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         return []
-    complete = set(saved_steps(ckpt_dir))
     removed = []
     for entry in sorted(ckpt_dir.iterdir()):
         match = _ANY_STEP_FILE.match(entry.name)
-        orphan = match is not None and int(match.group(1)) not in complete
+        orphan = (match is not None and match.group(2) != "safetensors"
+                  and not (ckpt_dir / f"step_{match.group(1)}.safetensors").is_file())
         temporary = is_temp_file(entry.name) or (entry.name.startswith(".") and entry.name.endswith(".dcp.tmp"))
         if orphan or temporary:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
