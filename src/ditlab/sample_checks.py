@@ -28,11 +28,16 @@ if TYPE_CHECKING:
 def checkpoint_format(path: Path) -> str:
     """"safetensors" or "torch" (a ``torch.save`` zip or legacy pickle), read off the first bytes; anything else
     (an image, an ``.npz``, text) is a one-line error instead of a traceback from deep inside a loader."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        size = int.from_bytes(head, "little") if len(head) == 8 else 0
-        if 1 < size <= os.path.getsize(path) - 8 and f.read(1) == b"{":  # safetensors: u64 header size + JSON
-            return "safetensors"  # damaged inside: load_weights names it
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            size = int.from_bytes(head, "little") if len(head) == 8 else 0
+            if 1 < size <= os.path.getsize(path) - 8 and f.read(1) == b"{":  # safetensors: u64 size + JSON
+                return "safetensors"  # damaged inside: load_weights names it
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except OSError as err:  # a folder, no permission, ...
+        raise ValueError(f"checkpoint {path} cannot be read ({err.strerror or err})") from None
     if head.startswith(b"\x80"):  # the pickle protocol byte of torch's legacy format
         return "torch"
     if zipfile.is_zipfile(path):

@@ -99,8 +99,12 @@ def source_format(path: Path) -> str:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as err:  # SafetensorError (damaged header), OSError (unreadable)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"{path} is not a readable safetensors file ({first})") from None
         return "ditlab" if "family" in meta and "config" in meta else "official"
     return "official"
 

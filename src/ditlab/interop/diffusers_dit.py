@@ -68,17 +68,30 @@ def transformer_dir(folder: Path) -> Path:
 
 def read_diffusers_weights(folder: Path) -> dict[str, Tensor]:
     """The state dict in a diffusers model folder: safetensors (single or sharded) or a ``.bin`` pickle."""
-    from safetensors.torch import load_file
-
     single, index, pickle_file = (folder / name for name in WEIGHT_NAMES)
     if single.is_file():
-        return load_file(str(single), device="cpu")
+        return _read_weights_file(single)
     if index.is_file():
         shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
-        return {k: v for shard in shards for k, v in load_file(str(folder / shard), device="cpu").items()}
+        return {k: v for shard in shards for k, v in _read_weights_file(folder / shard).items()}
     if pickle_file.is_file():
-        return torch.load(pickle_file, map_location="cpu", weights_only=True)
+        return _read_weights_file(pickle_file)
     raise FileNotFoundError(f"{folder} has none of {', '.join(WEIGHT_NAMES)}")
+
+
+def _read_weights_file(path: Path) -> dict[str, Tensor]:
+    """One weights file (safetensors, or a pickle under ``weights_only=True``); a broken one is one line."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # SafetensorError, UnpicklingError, EOFError, RuntimeError, OSError
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"{path} is not a readable weights file ({type(err).__name__}: {first})") from None
 
 
 def _schedule_name(config: Mapping[str, Any], steps: int) -> str:

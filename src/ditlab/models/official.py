@@ -87,6 +87,10 @@ def _allow_train_script_args() -> Iterator[None]:
         yield
 
 
+class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+    """A pickle ``weights_only=True`` refuses; a ValueError too, so the CLI prints it as one line."""
+
+
 def _torch_load(path: Path) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)``, refusing unsafe pickles readably."""
     try:
@@ -95,7 +99,7 @@ def _torch_load(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         culprit = f" ({found.group(1)})" if found else ""
-        raise pickle.UnpicklingError(
+        raise UnsafeCheckpointError(
             f"{path} holds a Python object{culprit} that torch.load(weights_only=True) refuses to unpickle: "
             "ditlab loads only tensors and plain containers, never code from a checkpoint. If you trust the "
             "file, re-save just its tensors: torch.save(torch.load(path, weights_only=False)['ema'], out)."
