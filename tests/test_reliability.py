@@ -245,6 +245,25 @@ def test_disk_full_while_saving_is_one_line_naming_file_and_last_checkpoint(tmp_
     assert not [p for p in os.listdir(run / "checkpoints") if p.startswith(".")]  # no temp file left
 
 
+def test_os_errors_of_rank0_only_work_become_the_one_line_error_every_rank_raises(tmp_path, monkeypatch):
+    """An OSError on rank 0 is caught and broadcast like the ValueErrors there (uncaught, other ranks would hang)."""
+    from ditlab.train import fsdp
+    from ditlab.utils.distributed import DistInfo
+
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", "somewhere")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ckpt, "remove_leftovers", denied)
+        with pytest.raises(ValueError, match=r"run folder .* cannot be used \(\[Errno 13\] Permission denied"):
+            train(tiny_config(tmp_path / "a", steps=2, ckpt_every=10))
+    with monkeypatch.context() as patch:
+        patch.setattr(ckpt, "prune_checkpoints", denied)
+        with pytest.raises(ckpt.CheckpointWriteError, match=r"checkpoint of step 2 failed \(\[Errno 13\]"):
+            train(tiny_config(tmp_path / "b", steps=2, ckpt_every=10))
+    assert "Permission denied" in fsdp._rank0_error(DistInfo(0, 0, 1, torch.device("cpu")), denied)
+
+
 def test_unusable_run_folders_are_refused_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setattr(loop, "build_data_source", lambda *a: pytest.fail("work started"))
     (tmp_path / "file").write_text("x")

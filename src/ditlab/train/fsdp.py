@@ -143,7 +143,7 @@ def _rank0_error(info: DistInfo, work: Callable[[], None]) -> str | None:
     if info.is_main:
         try:
             work()
-        except (ValueError, ckpt.CheckpointWriteError) as err:
+        except (ValueError, ckpt.CheckpointWriteError, OSError) as err:  # OSError: an unlink/rename not wrapped
             error = str(err)
     return broadcast_object(error)  # type: ignore[return-value]
 

@@ -271,6 +271,8 @@ def _save_or_stop(run_dir: Path, done: int, model: nn.Module, ema: EMA, opt: tor
                     path = save(run_dir, done, model, ema, opt, config, vae, objective)
                 except (ValueError, ckpt.CheckpointWriteError) as err:
                     error = (type(err).__name__, str(err))
+                except OSError as err:  # one not wrapped as CheckpointWriteError: the other ranks must hear it too
+                    error = ("CheckpointWriteError", f"checkpoint of step {done} failed ({err})")
             error = broadcast_object(error)
             if error is not None:
                 raise (ckpt.CheckpointWriteError if error[0] == "CheckpointWriteError" else ValueError)(error[1])

@@ -44,6 +44,8 @@ def claim_run_dir(config: TrainConfig, resume: bool, resume_step: int | None,
                 start = _prepare(config, run_dir, resume, resume_step)
             except ValueError as err:
                 error = str(err)
+            except OSError as err:  # lock, mkdir, leftover removal: still one line, and the other ranks must hear
+                error = f"run folder {run_dir} cannot be used ({err})"
         error, start = broadcast_object((error, start))  # type: ignore[misc]
         if error is not None:
             raise ValueError(error)
