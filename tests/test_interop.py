@@ -341,6 +341,17 @@ def test_hub_ids_resolve_offline_from_the_cache(pipeline_dir, tmp_path, monkeypa
         resolve_weights("me/tiny-dit/nothing")
 
 
+@pytest.mark.parametrize("text", ["runs/x/checkpoints/step_1.safetensors", "./me/w.pt", "../me/w.pt", "me/x/"])
+def test_a_mistyped_local_path_is_never_looked_up_on_the_hub(tmp_path, monkeypatch, text):
+    import ditlab.utils.hub as hub
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    monkeypatch.setattr(hub, "_download", lambda *a: pytest.fail("the Hub was asked"))
+    with pytest.raises(FileNotFoundError, match=rf"^checkpoint {text} does not exist$"):
+        resolve_weights(text, "checkpoint", allow_download=True)
+
+
 # ---- ditlab convert ----
 
 

@@ -9,7 +9,8 @@ A source is either an existing local file or folder, or ``owner/name[@revision][
 Hub ids go through ``huggingface_hub`` and its cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, read when called,
 not at import), so files downloaded once by ``hf download`` or by diffusers are found again. Nothing is
 downloaded unless the caller allows it, and never with ``HF_HUB_OFFLINE=1``: library code does not reach the
-network behind the user's back.
+network behind the user's back. A missing path that is plainly local (``./``, ``../``, a trailing separator, or a
+first part that exists here) is reported as missing and never looked up on the Hub.
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def _download(hub: HubId, local_only: bool) -> Path:
     return snapshot / hub.path if hub.path else snapshot
 
 
+def _meant_as_local(text: str) -> bool:
+    """A missing path that is plainly local: ./ or ../, a trailing separator, or a first part that exists here
+    (``runs/x/checkpoints/step_1.safetensors`` must not be looked up as Hub repo ``runs/x``)."""
+    separators = ("/", os.sep)
+    if text.startswith(("./", "../", f".{os.sep}", f"..{os.sep}")) or text.endswith(separators):
+        return True
+    first = re.split(r"[/\\]", text, maxsplit=1)[0]
+    return bool(first) and Path(first).expanduser().exists()
+
+
 def resolve_weights(source: str | Path, what: str = "weights", allow_download: bool = False) -> Path:
     """A local path for ``source``: the path itself when it exists, else a Hub id resolved through the cache.
 
@@ -85,6 +96,8 @@ def resolve_weights(source: str | Path, what: str = "weights", allow_download: b
     local = Path(text).expanduser()
     if local.exists():
         return local
+    if _meant_as_local(text):
+        raise FileNotFoundError(f"{what} {text} does not exist")
     hub = parse_hub_id(text)
     if hub is None:
         raise FileNotFoundError(f"{what} {text!r} is neither an existing file or folder nor a Hub id like "
