@@ -361,6 +361,19 @@ def _official_dit(tmp_path):
     return model
 
 
+def test_convert_keeps_the_codec_a_checkpoint_records(pipeline_dir, tmp_path):
+    from ditlab.sample import recorded_vae
+
+    model, folder, _ = pipeline_dir
+    pixel = tmp_path / "pixel.safetensors"
+    save_weights(pixel, model.state_dict(), {"family": "DiT", "vae": "identity",
+                                             "config": json.loads(json.dumps(model.config.__dict__))})
+    run_convert(ConvertConfig(source=str(pixel), out=str(tmp_path / "again.safetensors")))
+    assert recorded_vae(tmp_path / "again.safetensors") == "identity"
+    run_convert(ConvertConfig(source=str(folder), out=str(tmp_path / "from_pipe.safetensors")))
+    assert recorded_vae(tmp_path / "from_pipe.safetensors") == str((folder / "vae").absolute())
+
+
 def test_convert_official_dit_through_ditlab_and_diffusers_and_back(tmp_path, capsys):
     model = _official_dit(tmp_path)
     args = ["--model-args", '{"num_heads": 2}']

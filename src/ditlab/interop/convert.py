@@ -71,6 +71,7 @@ class Converted:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     notes: list[str] = field(default_factory=list)  # what did not carry over, one line each
+    vae: str | None = None  # the codec its latents decode with ("identity" = pixels); None = not recorded
 
 
 # ----------------------------------------------------------------------------
@@ -177,7 +178,8 @@ def read_ditlab(path: Path) -> Converted:
     objective = meta.get("objective", "diffusion")
     diffusion = DiffusionConfig(**meta["diffusion"]) if "diffusion" in meta else DiffusionConfig()
     flow = FlowConfig(**meta["flow"]) if "flow" in meta else FlowConfig()
-    return Converted(model.eval(), meta["family"], objective, diffusion, flow)
+    vae = meta.get("vae") if isinstance(meta.get("vae"), str) else None
+    return Converted(model.eval(), meta["family"], objective, diffusion, flow, vae=vae)
 
 
 def read_diffusers(path: Path, timesteps: str | None = None) -> Converted:
@@ -185,7 +187,8 @@ def read_diffusers(path: Path, timesteps: str | None = None) -> Converted:
 
     loaded = load_diffusers_dit(path, timesteps=timesteps)
     notes = [f"the pipeline's VAE is at {loaded.vae}; sample with --vae {loaded.vae}"] if loaded.vae else []
-    return Converted(loaded.model, "DiT", "diffusion", loaded.diffusion, FlowConfig(), notes)
+    vae = str(Path(loaded.vae).absolute()) if loaded.vae else None  # recorded where it is now
+    return Converted(loaded.model, "DiT", "diffusion", loaded.diffusion, FlowConfig(), notes, vae=vae)
 
 
 def read_any(source: str, name: str | None = None, overrides: dict[str, Any] | None = None,
@@ -225,6 +228,7 @@ def write_ditlab(converted: Converted, out: Path, source: str) -> None:
         "diffusion": dataclasses.asdict(converted.diffusion),
         "flow": dataclasses.asdict(converted.flow),
         "converted_from": source,
+        **({"vae": converted.vae} if converted.vae else {}),  # the codec ditlab sample decodes with
     })
 
 
