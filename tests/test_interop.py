@@ -253,6 +253,17 @@ def test_a_diffusers_made_pipeline_loads_into_ditlab(tmp_path):
     torch.testing.assert_close(load_diffusers_dit(tmp_path / "bin").model(x, t, y), expected, atol=PARITY_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("settings", [dict(learn_sigma=False, sigma_small=True), dict(learn_sigma=False),
+                                      dict(learn_sigma=True), dict(learn_sigma=False, schedule="cosine",
+                                                                   prediction="v", sigma_small=True)])
+def test_scheduler_config_round_trips_the_variance(settings):
+    from ditlab.interop.diffusers_dit import scheduler_config_for
+
+    diffusion = DiffusionConfig(**settings)
+    written = scheduler_config_for(diffusion)
+    assert diffusion_from_scheduler(written, learn_sigma=diffusion.learn_sigma) == diffusion
+
+
 def test_scheduler_settings_map_or_are_refused():
     ddim = {"_class_name": "DDIMScheduler", "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
             "num_train_timesteps": 1000, "prediction_type": "epsilon"}

@@ -177,9 +177,11 @@ def scheduler_config_for(diffusion: DiffusionConfig) -> dict[str, Any]:
     else:
         schedule = {"beta_schedule": "squaredcos_cap_v2"}
     prediction = {v: k for k, v in _PREDICTIONS.items()}[diffusion.prediction]
+    # DDIM ignores variance_type, but diffusion_from_scheduler reads it back (fixed_small sets sigma_small).
+    variance = "learned_range" if diffusion.learn_sigma else "fixed_small" if diffusion.sigma_small else "fixed_large"
     return {"_class_name": "DDIMScheduler", "num_train_timesteps": diffusion.num_timesteps, **schedule,
             "trained_betas": None, "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 0,
-            "prediction_type": prediction}
+            "prediction_type": prediction, "variance_type": variance}
 
 
 def _diffusers_version() -> str:
