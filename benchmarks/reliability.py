@@ -6,7 +6,7 @@ Every trial is checked against an uninterrupted reference run of the same tiny c
   after writing the temporary file, before its rename, so the kill lands there), then ``--resume`` until done:
   held = every restart succeeded unaided and the final EMA and train state equal the reference bit for bit;
 - SIGTERM with ``--save-on-signal`` (held = exit 143, a checkpoint at the stop step, exact final result) and
-  without it (held = exit 130 and one line);
+  without it (held = exit 143 and one line);
 - damaged newest checkpoints (truncated, empty, garbage header, flipped bytes in the EMA or the train state,
   a crafted pickle as DCP metadata): held = one warning naming the file, fallback, exact final result, no code run;
 - disk full while saving (ENOSPC injected), two runs in one folder, a frozen distributed peer with
@@ -164,7 +164,7 @@ def sigterm_trials(script: Path, tmp: Path, ref: Path, n: int, rng: random.Rando
         time.sleep(0.005)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    plain = proc.returncode == 130 and "ditlab: interrupted by SIGTERM" in err and "Traceback" not in err
+    plain = proc.returncode == 143 and "ditlab: interrupted by SIGTERM" in err and "Traceback" not in err
     return {"save_on_signal": n, "save_on_signal_held": held, "plain_sigterm_held": plain}
 
 

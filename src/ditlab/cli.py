@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2 if not isinstance(err, (NonFiniteLossError, CheckpointWriteError)) else 1
     except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM during training (its name is the message)
         print(f"ditlab: interrupted{f' by {stop}' if str(stop).startswith('SIG') else ''}", file=sys.stderr)
-        return 130
+        return 128 + 15 if str(stop) == "SIGTERM" else 130  # as a shell reports a SIGTERM kill; Ctrl-C stays 130
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """SIGINT and SIGTERM during training: stop at the next step boundary (saving first) or at once, like Ctrl-C.
 
 Cluster schedulers send SIGTERM before they preempt a job. Without ``save_on_signal`` SIGTERM is treated as
-Ctrl-C (``KeyboardInterrupt``: the run ends, its last checkpoint stays); with it, the first SIGINT or SIGTERM
-only asks the loop to save a checkpoint after the current step and stop, and a second one interrupts at once.
+Ctrl-C (``KeyboardInterrupt``: the run ends, its last checkpoint stays; the CLI still exits 143 for it); with
+it, the first SIGINT or SIGTERM only asks the loop to save a checkpoint after the current step and stop, and a
+second one interrupts at once.
 """
 
 from __future__ import annotations
