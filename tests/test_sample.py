@@ -304,7 +304,7 @@ def test_a_job_that_failed_before_its_first_chunk_can_be_rerun_with_other_settin
 
 
 def test_a_checkpoint_folder_is_pinned_by_the_bytes_and_names_of_its_files(tmp_path):
-    from ditlab.sample_checks import weights_sha256
+    from ditlab.utils.integrity import path_sha256 as weights_sha256
 
     for name in ("a", "b"):
         (tmp_path / name / "transformer").mkdir(parents=True)

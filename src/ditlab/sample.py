@@ -29,6 +29,7 @@ from .objectives import DiffusionConfig
 from .objectives.flow import FlowConfig
 from .sampling import Guidance, Sampler, ShareSpec, generate_latents, parse_sampler, parse_share_spec
 from .utils.files import atomic_write, check_or_write_identity
+from .utils.integrity import path_sha256
 
 LABEL_MODES = ("balanced", "random")
 PRECISIONS = ("fp32", "bf16")
@@ -290,7 +291,7 @@ def run_sample(config: SampleConfig) -> Path:
         raise ValueError(f"{out} already exists (a finished run); remove it or choose another --out")
     checks.check_outputs(config)
     # Pinned by content, not path: a resumed job must use the same weights even if the file moved or was replaced.
-    identity = {**config.identity(), "checkpoint_sha256": checks.weights_sha256(local)}
+    identity = {**config.identity(), "checkpoint_sha256": path_sha256(local)}
     # A folder without chunks holds no images to protect: a job refused earlier may be rerun with fixed settings.
     fresh = not any(chunk_path(parts, c).is_file() for c in range(len(chunks)))
     if not fresh:

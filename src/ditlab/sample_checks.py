@@ -7,7 +7,6 @@ one the model uses, the weights finite; a resumed job is pinned to the checkpoin
 
 from __future__ import annotations
 
-import hashlib
 import os
 import zipfile
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 from .objectives import DiffusionConfig
 from .objectives.flow import FlowConfig
 from .utils.files import check_writable_folder
+from .utils.integrity import first_non_finite
 
 if TYPE_CHECKING:
     from .sample import SampleConfig
@@ -48,24 +48,6 @@ def checkpoint_format(path: Path) -> str:
                          f"expected a step_*.safetensors from `ditlab train` or an official DiT .pt")
     raise ValueError(f"checkpoint {path} is neither a safetensors file nor a torch.save checkpoint; "
                      f"expected a step_*.safetensors from `ditlab train` or an official DiT .pt")
-
-
-def weights_sha256(path: Path) -> str:
-    """Hex SHA-256 of a weights file's bytes, or of a folder's files (relative names and bytes, in sorted order)."""
-    digest = hashlib.sha256()
-    if path.is_file():
-        _hash_file(digest, path)
-        return digest.hexdigest()
-    for file in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        _hash_file(digest, file)
-    return digest.hexdigest()
-
-
-def _hash_file(digest: Any, path: Path) -> None:
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
 
 
 def check_outputs(config: SampleConfig) -> None:
@@ -111,10 +93,10 @@ def check_options_fit(model: nn.Module, objective: DiffusionConfig | FlowConfig,
 
 def check_finite_weights(model: nn.Module, checkpoint: str) -> None:
     """Weights with NaN or inf can only give NaN images (saved as black): refuse them by tensor name."""
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"checkpoint {checkpoint} has non-finite values (NaN/inf) in {name}; "
-                             f"sample from an earlier checkpoint")
+    name = first_non_finite(model.state_dict())
+    if name is not None:
+        raise ValueError(f"checkpoint {checkpoint} has non-finite values (NaN/inf) in {name}; "
+                         f"sample from an earlier checkpoint")
 
 
 def check_codec_fits(codec: Any, model: nn.Module, config: SampleConfig) -> None:

@@ -33,6 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..utils.files import atomic_write, is_temp_file
+from ..utils.integrity import file_sha256, first_non_finite
 
 _STEP_FILE = re.compile(r"^step_(\d+)\.safetensors$")
 _ANY_STEP_FILE = re.compile(r"^step_(\d+)\.(safetensors|train_state\.pt|train_state\.dcp)$")
@@ -99,14 +100,6 @@ def load_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         except json.JSONDecodeError:
             meta[k] = v
     return tensors, meta
-
-
-def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
-    """The name of the first floating tensor holding a NaN or infinity, or None."""
-    for key, value in state.items():
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            return key
-    return None
 
 
 # ----------------------------------------------------------------------------
@@ -178,20 +171,12 @@ def write_failure(path: Path, err: BaseException) -> str:
 # Integrity of train-state files.
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def train_state_digests(ckpt_dir: Path, step: int) -> dict[str, str]:
     """{path relative to ``ckpt_dir``: sha256} of the step's train-state file or every file of its DCP folder."""
     ckpt_dir = Path(ckpt_dir)
     state_file, folder = checkpoint_paths(ckpt_dir, step)[1], sharded_state_path(ckpt_dir, step)
     files = [state_file] if state_file.is_file() else sorted(p for p in folder.iterdir() if p.is_file())
-    return {str(p.relative_to(ckpt_dir)): file_digest(p) for p in files}
+    return {str(p.relative_to(ckpt_dir)): file_sha256(p) for p in files}
 
 
 def verify_checkpoint(ckpt_dir: Path, step: int) -> None:
@@ -215,7 +200,7 @@ def verify_checkpoint(ckpt_dir: Path, step: int) -> None:
         path = ckpt_dir / rel
         if not path.is_file():
             raise CorruptCheckpointError(f"{path} is missing (listed in {weights_path.name})")
-        if file_digest(path) != digest:
+        if file_sha256(path) != digest:
             raise CorruptCheckpointError(f"{path} is corrupt: its contents do not match the checksum written "
                                          f"with {weights_path.name}")
 
