@@ -64,14 +64,17 @@ def flops_per_step(model: nn.Module, config: Any) -> float:
     return TRAIN_TO_FORWARD * FLOPS_PER_MAC * row.gmacs * 1e9 * config.global_batch
 
 
-def prepare(config: Any, model: nn.Module, image_size: int, info: DistInfo) -> FIDState:
-    """Reference statistics on rank 0 (computed or read from the cache) while the other ranks wait."""
+def prepare(config: Any, model: nn.Module, image_size: int, info: DistInfo, fit: str | None = None) -> FIDState:
+    """Reference statistics on rank 0 (computed or read from the cache) while the other ranks wait.
+
+    ``image_size``/``fit``: the side (and 28x28 fit) of the images the run's samples decode to, which for latent
+    data is the extraction's image size, not the latent side; ``fit`` defaults to ``config.image_fit``."""
     name = reference_spec(config)
     reference = None
     if info.is_main:
         from ..eval.score import reference_statistics  # scipy and the Inception load only when FID is on
 
-        reference = reference_statistics(name, image_size=image_size, fit=config.image_fit,
+        reference = reference_statistics(name, image_size=image_size, fit=fit or config.image_fit,
                                          device=str(info.device), progress=config.progress,
                                          inception=config.fid_inception)
     barrier()

@@ -204,7 +204,8 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, resume_from: int 
     logger = MetricsLogger(run_dir, enabled=info.is_main, start_step=start)
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     last_ckpt = ckpt.checkpoint_paths(run_dir / "checkpoints", start)[0] if resume else None
-    fid_state = fid.prepare(config, model, data.input_size, info) if config.fid_every else None
+    fid_state = fid.prepare(config, model, data.image_size, info, fit=data.image_fit(config.image_fit)) \
+        if config.fid_every else None
     bar = tqdm(total=config.steps, initial=start, disable=not (info.is_main and config.progress),
                desc="train", unit="step", dynamic_ncols=True)
     window: list[StepStats] = []
