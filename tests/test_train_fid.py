@@ -73,6 +73,19 @@ def test_fid_rows_flops_curves_and_exact_resume(tmp_path, stand_in):
     assert [r["loss"] for r in rows_of(tmp_path / "split") if "loss" in r] == [r["loss"] for r in rows if "loss" in r]
 
 
+def test_training_flops_are_the_study_definition_with_mdt_masked_pass():
+    """One definition of training FLOPs (flops.training_gmacs): MDT's masked pass is counted here as in the study."""
+    from ditlab.flops import training_gmacs
+    from ditlab.models.registry import create_model
+
+    args = dict(input_size=8, patch_size=2, hidden_size=32, depth=4, num_heads=2, num_classes=10, decode_layer=2)
+    model = create_model("MDTv2", in_channels=1, **args)
+    config = TrainConfig(model="MDTv2", objective="mdt", model_args=args, global_batch=8)
+    forward, train_cost = training_gmacs("MDTv2", "mdt", image_size=8, latent_downsample=1, in_channels=1, **args)
+    assert train_cost > 3 * forward  # the masked pass is in it
+    assert fid.flops_per_step(model, config) == pytest.approx(8 * 2 * train_cost * 1e9)
+
+
 def test_fid_images_do_not_depend_on_the_rank_split(stand_in):
     net, reference = stand_in
     config = fid_config(Path("unused"), reference, global_batch=4)

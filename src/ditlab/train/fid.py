@@ -3,17 +3,18 @@
 Every N steps the EMA model samples K images with the run's grid sampler (``sample_steps``, ``sample_cfg``),
 labels ``i mod num_classes`` (class-balanced) and per-image seeds ``FID_SEED_OFFSET + seed + i`` (the same
 noise at every evaluation, so the curve shows the model changing, not the noise). Under torchrun rank r draws
-images r, r + W, r + 2W, ... and rank 0 gathers them in index order, so the images (hence the FID) do not
-depend on the number of processes. Rank 0 scores them against the reference statistics, computed once (and
-cached, see :mod:`ditlab.eval.score`) at the start: by default the training data's train split at the model's
-image size and fit.
+one contiguous block of image indices (:func:`rank_share`; the blocks in rank order tile 0..K-1) and rank 0
+gathers them in rank order, so the images (hence the FID) do not depend on the number of processes. Rank 0
+scores them against the reference statistics, computed once (and cached, see :mod:`ditlab.eval.score`) at the
+start: by default the training data's train split at the size and fit of the decoded images.
 
 Nothing here touches the training RNG streams (sampling uses per-image generators and every training step
 re-seeds), so a resumed run still repeats an uninterrupted one exactly.
 
-``train_flops`` is the ledger's cost (:mod:`ditlab.flops`): steps × global batch × 3 × forward FLOPs of one
-image (2 FLOPs per multiply-accumulate; matmuls and convolutions), the papers' convention; extra passes of an
-objective (MDT's masked pass, REPA's encoder) are not in it.
+``train_flops`` is steps × global batch × the training cost of one image from
+:func:`ditlab.flops.training_gmacs` (the one definition, also the study's): 3 × forward, plus 3 × MDT's masked
+forward under ``objective="mdt"``, 2 FLOPs per multiply-accumulate (matmuls and convolutions); REPA's frozen
+encoder is not in it.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class FIDState:
 
     reference: dict[str, np.ndarray] | None
     reference_name: str
-    flops_per_step: float  # training FLOPs of one optimizer step (ledger convention)
+    flops_per_step: float  # training FLOPs of one optimizer step (flops.training_gmacs)
 
 
 def reference_spec(config: Any) -> str:
@@ -56,12 +57,14 @@ def reference_spec(config: Any) -> str:
 
 
 def flops_per_step(model: nn.Module, config: Any) -> float:
-    """Ledger FLOPs of one optimizer step: 3 × forward (2 per MAC) × global batch, counted on the meta device."""
-    from ..flops import FLOPS_PER_MAC, TRAIN_TO_FORWARD, count
+    """Training FLOPs of one optimizer step: :func:`~ditlab.flops.training_gmacs` of the run's model and objective
+    (2 FLOPs per MAC) × global batch, counted on the meta device."""
+    from ..flops import FLOPS_PER_MAC, training_gmacs
 
     fields = dataclasses.asdict(model.config)
-    row = count(config.model, image_size=fields["input_size"], latent_downsample=1, **fields)
-    return TRAIN_TO_FORWARD * FLOPS_PER_MAC * row.gmacs * 1e9 * config.global_batch
+    _, train_gmacs = training_gmacs(config.model, config.objective, image_size=fields["input_size"],
+                                    latent_downsample=1, **fields)
+    return FLOPS_PER_MAC * train_gmacs * 1e9 * config.global_batch
 
 
 def prepare(config: Any, model: nn.Module, image_size: int, info: DistInfo, fit: str | None = None) -> FIDState:
