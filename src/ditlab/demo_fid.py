@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.idx import IDXSpec, as_idx_spec
+from .data.idx import IDXSpec, as_idx_spec, find_idx_file, parse_idx_spec
 from .eval.reference import write_npz
 from .eval.score import metrics_from_activations, reference_statistics, score_images
 from .imageio import save_grid, to_uint8
@@ -36,6 +36,21 @@ def floor_spec(cfg: Any, count: int) -> str:
     """``count`` real images of the data's test split: scored like the samples, they give the FID floor."""
     data = as_idx_spec(cfg.data)
     return str(IDXSpec(data.kind, data.root, "test", count))
+
+
+def check_inputs(cfg: Any) -> None:
+    """Before training: the Inception weights, the reference's and the floor's files exist (else one line)."""
+    from .eval.inception import inception_weights_path
+
+    inception_weights_path()
+    for spec in (reference_spec(cfg), floor_spec(cfg, 10 * cfg.samples_per_class)):
+        idx = parse_idx_spec(spec)
+        if idx is None:  # an ADM .npz reference
+            if not Path(spec).is_file():
+                raise FileNotFoundError(f"FID reference {spec} does not exist (a dataset spec or an ADM .npz)")
+            continue
+        find_idx_file(idx, 0)
+        find_idx_file(idx, 1)
 
 
 def sample_and_score(model: torch.nn.Module, cfg: Any, run_dir: Path, process: Any) -> dict[str, Any]:
