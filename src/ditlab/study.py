@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .data.idx import parse_idx_spec
 from .flops import training_gmacs
 from .models.registry import create_model, model_config
 from .train import TrainConfig, train
@@ -162,6 +163,12 @@ class StudyConfig:
             raise ValueError(f"study share_ratios={self.share_ratios} must be integers >= 1")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"study precision={self.precision!r} is not one of fp32, bf16")
+        if self.data != "digits" and parse_idx_spec(self.data) is None:  # the reference needs the real images
+            raise ValueError(f"study data={self.data!r} is not one the study can evaluate; allowed: digits, "
+                             "fashion-mnist, fashion-mnist:DIR, mnist:DIR (each with optional :train/:test, :N)")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"study device='cuda' (preset {self.preset}) but CUDA is not available on this "
+                             "machine; use --preset cpu or quick, or --device cpu")
         self.entry_specs()  # one-line errors for bad entry names now, not hours later
 
     @property
