@@ -166,3 +166,31 @@ def test_torchrun_fid_equals_one_process_sampling_with_the_real_network(tmp_path
     reference = score_mod.reference_statistics("fashion-mnist:train:6", image_size=32, cache_dir=tmp_path / "cache"
                                                / "fid-references", progress=False)
     assert score_mod.score_images(images, reference)["fid"] == pytest.approx(row["fid"], rel=1e-6)
+
+
+def test_resume_evaluates_the_fid_a_kill_or_a_stop_left_out(tmp_path, stand_in, monkeypatch):
+    """A kill between the step-2 checkpoint and its FID, or a signal stop at step 2 (saved, then stopped before the
+    FID): the resumed run evaluates step 2 first, so its FID rows are those of an uninterrupted run."""
+    import ditlab.train.loop as loop
+
+    net, reference = stand_in
+    train(fid_config(tmp_path / "straight", reference))
+    expected = [(r["step"], r["fid"]) for r in rows_of(tmp_path / "straight") if "fid" in r]
+    real_log_fid, real_agreed_stop = loop._log_fid, loop.agreed_stop
+
+    def killed(*args, **kw):
+        raise KeyboardInterrupt("killed before the FID")
+
+    monkeypatch.setattr(loop, "_log_fid", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(fid_config(tmp_path / "killed", reference))
+    monkeypatch.setattr(loop, "_log_fid", real_log_fid)
+    calls = iter([False, True])
+    monkeypatch.setattr(loop, "agreed_stop", lambda stop, device: next(calls, False))
+    assert train(fid_config(tmp_path / "stopped", reference, save_on_signal=True)).step == 2
+    monkeypatch.setattr(loop, "agreed_stop", real_agreed_stop)
+    for name in ("killed", "stopped"):
+        assert not any("fid" in r for r in rows_of(tmp_path / name))
+        train(fid_config(tmp_path / name, reference, save_on_signal=name == "stopped"), resume=True)
+        assert [(r["step"], r["fid"]) for r in rows_of(tmp_path / name) if "fid" in r] == expected, name
+        assert [r["step"] for r in rows_of(tmp_path / name)] == [r["step"] for r in rows_of(tmp_path / "straight")]
