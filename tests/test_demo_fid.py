@@ -15,7 +15,7 @@ from PIL import Image
 from ditlab.cli import main
 from ditlab.data.idx import DEBIAN_FASHION_MNIST
 from ditlab.demo import DemoConfig
-from ditlab.demo_fid import floor_spec, reference_spec
+from ditlab.demo_fid import demo_reference, floor_spec
 from ditlab.eval.inception import fid_helper_weights
 from ditlab.models.registry import create_model
 from ditlab.objectives import DiffusionConfig
@@ -37,9 +37,9 @@ def test_demo_settings_follow_the_data():
     assert DemoConfig(data="fashion-mnist", steps=7, image_size=28).steps == 7
     assert (digits.run_dir, fashion.run_dir) == ("runs/demo", "runs/demo-fashion-mnist")  # one does not erase the other
     root = str(DEBIAN_FASHION_MNIST)
-    assert reference_spec(fashion) == f"fashion-mnist:{root}:train:2000"
+    assert demo_reference(fashion) == f"fashion-mnist:{root}:train:2000"
     assert floor_spec(fashion, 1000) == f"fashion-mnist:{root}:test:1000"
-    assert reference_spec(DemoConfig(data="mnist:/d:test", fid_reference="mnist:/d:train")) == "mnist:/d:train"
+    assert demo_reference(DemoConfig(data="mnist:/d:test", fid_reference="mnist:/d:train")) == "mnist:/d:train"
 
 
 def test_demo_refuses_other_data(capsys):

@@ -123,8 +123,9 @@ def test_default_reference_is_the_training_data_train_split():
     from ditlab.data.idx import DEBIAN_FASHION_MNIST
 
     config = TrainConfig(data="fashion-mnist:test:500", fid_every=10)
-    assert fid.reference_spec(config) == f"fashion-mnist:{DEBIAN_FASHION_MNIST}:train"
-    assert fid.reference_spec(TrainConfig(data="mnist:/data/m", fid_every=1, fid_reference="x.npz")) == "x.npz"
+    assert score_mod.reference_spec(config.data, config.fid_reference) == f"fashion-mnist:{DEBIAN_FASHION_MNIST}:train"
+    assert score_mod.reference_spec("mnist:/data/m", "x.npz") == "x.npz"
+    assert score_mod.reference_spec("fashion-mnist:test", None, 20) == f"fashion-mnist:{DEBIAN_FASHION_MNIST}:train:20"
 
 
 WEIGHTS = __import__("ditlab.eval.inception", fromlist=["x"]).fid_helper_weights()

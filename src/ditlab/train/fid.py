@@ -29,7 +29,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data.idx import parse_idx_spec
 from ..utils.distributed import DistInfo, barrier, is_distributed
 
 FID_SEED_OFFSET = 1_000_000  # keeps FID noise apart from the grids' seeds (seed + i)
@@ -43,17 +42,6 @@ class FIDState:
     reference: dict[str, np.ndarray] | None
     reference_name: str
     flops_per_step: float  # training FLOPs of one optimizer step (flops.training_gmacs)
-
-
-def reference_spec(config: Any) -> str:
-    """``config.fid_reference``, else the training data's train split (IDX datasets); other data needs one."""
-    if config.fid_reference:
-        return config.fid_reference
-    spec = parse_idx_spec(config.data)
-    if spec is None:
-        raise ValueError(f"--fid-every needs --fid-reference (a dataset spec such as fashion-mnist:train, or an "
-                         f"ADM .npz) for data={config.data!r}; only MNIST/Fashion-MNIST data have a default")
-    return str(dataclasses.replace(spec, split="train", limit=None))
 
 
 def flops_per_step(model: nn.Module, config: Any) -> float:
@@ -72,10 +60,11 @@ def prepare(config: Any, model: nn.Module, image_size: int, info: DistInfo, fit:
 
     ``image_size``/``fit``: the side (and 28x28 fit) of the images the run's samples decode to, which for latent
     data is the extraction's image size, not the latent side; ``fit`` defaults to ``config.image_fit``."""
-    name = reference_spec(config)
+    from ..eval.score import reference_spec, reference_statistics  # scipy and the Inception: only with FID on
+
+    name = reference_spec(config.data, config.fid_reference)  # default: the whole train split
     reference = None
     if info.is_main:
-        from ..eval.score import reference_statistics  # scipy and the Inception load only when FID is on
 
         reference = reference_statistics(name, image_size=image_size, fit=fit or config.image_fit,
                                          device=str(info.device), progress=config.progress,
