@@ -195,3 +195,25 @@ def test_resume_evaluates_the_fid_a_kill_or_a_stop_left_out(tmp_path, stand_in, 
         train(fid_config(tmp_path / name, reference, save_on_signal=name == "stopped"), resume=True)
         assert [(r["step"], r["fid"]) for r in rows_of(tmp_path / name) if "fid" in r] == expected, name
         assert [r["step"] for r in rows_of(tmp_path / name)] == [r["step"] for r in rows_of(tmp_path / "straight")]
+
+
+def test_prepare_says_when_the_default_reference_is_computed(tmp_path, stand_in, monkeypatch, capsys):
+    """The default reference (the whole train split) can take hours: one line with its image count and cache file
+    when it is computed; nothing once it is cached."""
+    from ditlab.models.registry import create_model
+    from test_idx import make_idx_folder
+
+    make_idx_folder(tmp_path / "mnist", n=7)
+    monkeypatch.setenv("DITLAB_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(data=f"mnist:{tmp_path / 'mnist'}:test:3", fid_every=1, fid_samples=4, device="cpu",
+                         model_args=dict(TINY), progress=False)
+    model = create_model("DiT", input_size=32, in_channels=1, num_classes=10, **TINY)
+    info = DistInfo(0, 0, 1, torch.device("cpu"))
+    state = fid.prepare(config, model, 32, info)
+    err = capsys.readouterr().err.strip().splitlines()
+    cached = list((tmp_path / "cache" / "fid-references").glob("*.npz"))
+    assert state.reference_name == f"mnist:{tmp_path / 'mnist'}:train" and len(cached) == 1
+    assert len(err) == 1 and "computing the Inception statistics of 7 images once" in err[0]
+    assert str(cached[0]) in err[0]
+    fid.prepare(config, model, 32, info)
+    assert capsys.readouterr().err == ""

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.idx import find_idx_file, fit_images, load_idx, parse_idx_spec
+from ..data.idx import find_idx_file, fit_images, load_idx, parse_idx_spec, read_idx
 from ..imageio import to_rgb_uint8
 from ..utils.files import atomic_write
 from .features import DEFAULT_BATCH, activations, batches_of
@@ -123,6 +123,25 @@ def dataset_reference(spec: Any, inception: FIDInceptionV3, *, image_size: int, 
 
     atomic_write(path, write)
     return acts
+
+
+def reference_to_compute(reference: str | Path, inception: FIDInceptionV3, *, image_size: int, fit: str,
+                         cache_dir: str | Path | None = None) -> tuple[int, Path] | None:
+    """(image count, cache file) of a dataset reference that :func:`reference_statistics` would compute (no
+    valid cache yet), so a caller can say so before the wait; None for a cached one or an ADM .npz."""
+    spec = parse_idx_spec(str(reference))
+    if spec is None:
+        return None
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = dataset_cache_path(spec, image_size, fit, weights_hash(inception.weights_file), folder)
+    try:
+        with np.load(path) as f:  # an .npz reads only the member asked for
+            if str(f["fingerprint"]) == _idx_fingerprint(spec):
+                return None
+    except (OSError, ValueError, KeyError):  # absent or unreadable: computed (and the reason warned) later
+        pass
+    _, total = read_idx(find_idx_file(spec, 1), 1, 0)  # the header's count; no labels read
+    return (total if spec.limit is None else min(spec.limit, total)), path
 
 
 def reference_statistics(reference: str | Path, *, image_size: int = 32, fit: str = "pad", device: str = "cpu",

@@ -20,6 +20,7 @@ encoder is not in it.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -60,15 +61,19 @@ def prepare(config: Any, model: nn.Module, image_size: int, info: DistInfo, fit:
 
     ``image_size``/``fit``: the side (and 28x28 fit) of the images the run's samples decode to, which for latent
     data is the extraction's image size, not the latent side; ``fit`` defaults to ``config.image_fit``."""
-    from ..eval.score import reference_spec, reference_statistics  # scipy and the Inception: only with FID on
+    from ..eval import score  # scipy and the Inception load only when FID is on
 
-    name = reference_spec(config.data, config.fid_reference)  # default: the whole train split
-    reference = None
+    name = score.reference_spec(config.data, config.fid_reference)  # default: the whole train split
+    reference, fit = None, fit or config.image_fit
     if info.is_main:
-
-        reference = reference_statistics(name, image_size=image_size, fit=fit or config.image_fit,
-                                         device=str(info.device), progress=config.progress,
-                                         inception=config.fid_inception)
+        weights = None if config.fid_inception is None else str(config.fid_inception)
+        net = score.cached_inception(weights, str(info.device))
+        todo = score.reference_to_compute(name, net, image_size=image_size, fit=fit)
+        if todo is not None:  # the default (a whole train split) takes hours of Inception on a CPU
+            print(f"FID reference {name}: computing the Inception statistics of {todo[0]} images once, cached "
+                  f"in {todo[1]} (a smaller one: --fid-reference KIND:train:N)", file=sys.stderr, flush=True)
+        reference = score.reference_statistics(name, image_size=image_size, fit=fit, progress=config.progress,
+                                               inception=net)
     barrier()
     return FIDState(reference, name, flops_per_step(model, config))
 
