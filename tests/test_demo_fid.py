@@ -15,7 +15,7 @@ from PIL import Image
 from ditlab.cli import main
 from ditlab.data.idx import DEBIAN_FASHION_MNIST
 from ditlab.demo import DemoConfig
-from ditlab.demo_fid import floor_spec, reference_spec
+from ditlab.demo_fid import demo_reference, floor_spec
 from ditlab.eval.inception import fid_helper_weights
 from ditlab.models.registry import create_model
 from ditlab.objectives import DiffusionConfig
@@ -37,9 +37,9 @@ def test_demo_settings_follow_the_data():
     assert DemoConfig(data="fashion-mnist", steps=7, image_size=28).steps == 7
     assert (digits.run_dir, fashion.run_dir) == ("runs/demo", "runs/demo-fashion-mnist")  # one does not erase the other
     root = str(DEBIAN_FASHION_MNIST)
-    assert reference_spec(fashion) == f"fashion-mnist:{root}:train:2000"
+    assert demo_reference(fashion) == f"fashion-mnist:{root}:train:2000"
     assert floor_spec(fashion, 1000) == f"fashion-mnist:{root}:test:1000"
-    assert reference_spec(DemoConfig(data="mnist:/d:test", fid_reference="mnist:/d:train")) == "mnist:/d:train"
+    assert demo_reference(DemoConfig(data="mnist:/d:test", fid_reference="mnist:/d:train")) == "mnist:/d:train"
 
 
 def test_demo_refuses_other_data(capsys):
@@ -57,7 +57,7 @@ def test_fashion_mnist_demo_end_to_end_tiny(tmp_path, capsys, monkeypatch):
             "--sampler-steps", "ddim2", "--fid-reference", "fashion-mnist:train:20", "--progress", "false",
             "--model-args", '{"depth": 1, "hidden_size": 32, "num_heads": 2, "patch_size": 8}']
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ten samples make a singular covariance: sqrtm warns, FID is still finite
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit.load (default_1.pt)
         assert main(argv) == 0
     out = capsys.readouterr().out
     assert "on fashion-mnist" in out and "FID " in out and "over 10 samples against fashion-mnist:train:20" in out
@@ -86,3 +86,26 @@ def test_clip_denoised_keeps_pixel_samples_in_range(sampler_steps):
     clipped = generate(model, DiffusionConfig(), labels,
                        parse_sampler(sampler_steps, DiffusionConfig(), clip_denoised=True))
     assert free.abs().max() > 2 and clipped.abs().max() <= 1 + 1e-5
+
+
+def test_missing_fid_inputs_stop_the_demo_before_training(tmp_path, monkeypatch):
+    """No Inception weights, or no test split for the floor: one line before any training step."""
+    import ditlab.demo as demo_mod
+    import ditlab.eval.inception as inception_mod
+
+    def no_training(config):
+        raise AssertionError("trained before checking the FID inputs")
+
+    monkeypatch.setattr(demo_mod, "train", no_training)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):  # a train split only, no t10k files
+        (tmp_path / name).write_bytes(b"")
+    cfg = DemoConfig(data=f"fashion-mnist:{tmp_path}", run_dir=str(tmp_path / "demo"), progress=False)
+    monkeypatch.delenv("DITLAB_INCEPTION", raising=False)
+    monkeypatch.setattr(inception_mod, "fid_helper_weights", lambda: None)
+    with pytest.raises(FileNotFoundError, match="no Inception weights"):
+        demo_mod.run_demo(cfg)
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    monkeypatch.setenv("DITLAB_INCEPTION", str(tmp_path / "w.pt"))
+    with pytest.raises(FileNotFoundError, match="t10k-images-idx3-ubyte"):
+        demo_mod.run_demo(cfg)
+    assert not (tmp_path / "demo").exists()

@@ -205,6 +205,18 @@ def test_dataset_gives_one_channel_in_minus_one_one_and_rgb_for_inception(tmp_pa
     np.testing.assert_array_equal(ds.rgb_uint8()[1], rgb)
 
 
+def test_to_rgb_uint8_takes_model_tensors_and_uint8_arrays():
+    from ditlab.imageio import to_rgb_uint8, to_uint8
+
+    x = torch.linspace(-1, 1, 2 * 16).reshape(2, 1, 4, 4)
+    rgb = to_rgb_uint8(x)
+    assert rgb.shape == (2, 4, 4, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb, np.repeat(to_uint8(x), 3, axis=-1))
+    np.testing.assert_array_equal(to_rgb_uint8(rgb), rgb)  # RGB passes as it is
+    with pytest.raises(ValueError, match=r"images must be uint8 \(N, H, W, 1 or 3\), got float32 \(2, 4, 4\)"):
+        to_rgb_uint8(np.zeros((2, 4, 4), np.float32))
+
+
 @needs_fashion
 def test_real_fashion_mnist_test_split():
     images, labels = load_idx("fashion-mnist:test")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ditlab.eval.inception as inception_mod
-from ditlab.eval.inception import INCEPTION_ENV, FIDInceptionV3, load_fid_inception, resize_bilinear_tf1
+from ditlab.eval.inception import INCEPTION_ENV, WEIGHTS_NAME, FIDInceptionV3, load_fid_inception, resize_bilinear_tf1
 
 
 def _convs(prefix: str, specs: list[tuple[str, int, int, int, int]]) -> dict[str, tuple[int, ...]]:
@@ -99,4 +99,23 @@ def test_loader_accepts_the_file_layout_and_rejects_others(net, tmp_path, monkey
         load_fid_inception(None)
     monkeypatch.setenv(INCEPTION_ENV, str(tmp_path / "missing.pth"))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
+        load_fid_inception(None)
+
+
+def test_unreadable_weight_files_are_one_line_errors(tmp_path, monkeypatch):
+    """Garbage, empty, truncated or non-dict --inception / $DITLAB_INCEPTION files: one ValueError naming the
+    file and what is expected, never a bare UnpicklingError/EOFError/BadZipFile/RuntimeError."""
+    torch.save({"fc.weight": torch.zeros(64)}, tmp_path / "whole.pth")
+    data = (tmp_path / "whole.pth").read_bytes()
+    files = {"garbage.pth": b"not a torch file at all", "empty.pth": b"", "cut.pth": data[: len(data) // 2],
+             "cut_tail.pth": data[:-100]}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    for name in [*files, "tensor.pth"]:
+        with pytest.raises(ValueError, match=f"{name}.*(cannot be read|not a state dict).*{WEIGHTS_NAME}") as err:
+            load_fid_inception(tmp_path / name)
+        assert "\n" not in str(err.value), name
+    monkeypatch.setenv(INCEPTION_ENV, str(tmp_path / "garbage.pth"))
+    with pytest.raises(ValueError, match="garbage.pth cannot be read"):
         load_fid_inception(None)

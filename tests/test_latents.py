@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -155,3 +156,24 @@ def test_torchrun_two_ranks_write_the_same_shards(setup):
     assert json.loads((tmp / "two" / "index.json").read_text())["num_images"] == 10
     for a, b in zip(shards(tmp / "one"), shards(tmp / "two"), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fid_on_latent_data_uses_the_decoded_image_size(setup, monkeypatch):
+    """The FID reference is computed at the extraction's image size (16), not the latent side (8), and the
+    decoded samples scored against it have that size."""
+    import ditlab.eval.score as score_mod
+    from ditlab.train import TrainConfig, train
+
+    tmp, images, vae = setup
+    run_extract(config(images, vae, tmp / "lat"))
+    asked, scored = [], []
+    monkeypatch.setattr(score_mod, "reference_statistics", lambda name, **kw: asked.append(kw) or {
+        "mu": np.zeros(8), "sigma": np.eye(8)})
+    monkeypatch.setattr(score_mod, "score_images", lambda images, ref, **kw: scored.append(images.shape) or {
+        "fid": 1.0})
+    cfg = TrainConfig(run_dir=str(tmp / "run"), model="DiT", data=f"latents:{tmp / 'lat'}", steps=1, global_batch=2,
+                      model_args=dict(TINY_BACKBONES["DiT"][1]), sample_every=-1, sample_steps="ddim2",
+                      progress=False, device="cpu", log_every=1, fid_every=1, fid_samples=2,
+                      fid_reference=str(tmp / "ref.npz"))
+    train(cfg)
+    assert [a["image_size"] for a in asked] == [16] and scored == [(2, 16, 16, 3)]

@@ -32,3 +32,20 @@ def test_a_file_that_is_no_image_batch_is_one_line(files, name, message):
             read(files / name)
         assert message in str(err.value) and "\n" not in str(err.value)
     assert npz_keys(files / "good.npz") == ["arr_0"] and next(iter_npz_batches(files / "good.npz", 2)).shape[0] == 2
+
+
+def test_grayscale_sample_files_are_scored_as_rgb(tmp_path):
+    """(N, H, W, 1) sample files are admitted (repeated to RGB), with the activations of their RGB copy."""
+    from ditlab.eval.reference import compute_activations
+    from helpers import StandInInception
+
+    gray = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    np.savez(tmp_path / "gray.npz", gray)  # a user's file: write_npz itself writes RGB only, as ADM's
+    write_npz(tmp_path / "rgb.npz", np.repeat(gray, 3, axis=-1))
+    net = StandInInception()
+    a = compute_activations(tmp_path / "gray.npz", net, batch_size=2, progress=False)
+    b = compute_activations(tmp_path / "rgb.npz", net, batch_size=2, progress=False)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    np.savez(tmp_path / "two.npz", np.zeros((2, 8, 8, 2), np.uint8))
+    with pytest.raises(ValueError, match=r"must be \(N, H, W, 3\) or \(N, H, W, 1\) images"):
+        compute_activations(tmp_path / "two.npz", net, progress=False)

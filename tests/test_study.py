@@ -146,7 +146,9 @@ def test_failing_entry_is_reported_and_retried(tmp_path, stand_in, monkeypatch):
     (["--entries", "DiT,NoSuch"], "unknown study entry NoSuch; allowed: DiT, MDTv2"),
     (["--preset", "huge"], "unknown study preset 'huge'; allowed: quick, cpu, gpu"),
     (["--evals", "9", "--steps", "4"], "evals=9 exceeds steps=4"),
-    (["--data", "nosuch"], "data='nosuch' is not a known dataset"),
+    (["--data", "nosuch"], "data='nosuch' is not one the study can evaluate; allowed: digits, fashion-mnist"),
+    (["--data", "latents:/x"], "data='latents:/x' is not one the study can evaluate"),
+    (["--data", "images:/x"], "data='images:/x' is not one the study can evaluate"),
     (["--add-entry", '{"name": "X", "model": "DiT", "objective": "sde"}'], "objective='sde' is not one of"),
     (["--add-entry", '{"name": "X", "model": "DiT", "colour": 1}'], "unexpected keyword argument 'colour'"),
 ])
@@ -155,6 +157,14 @@ def test_cli_one_line_errors(tmp_path, capsys, argv, message):
     assert cli.main(base + argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ditlab: error:") and message in err and "\n" not in err
+
+
+def test_gpu_preset_is_refused_without_cuda(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cli.main(["study", "--preset", "gpu", "--out", str(tmp_path / "s"), "--progress", "false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "device='cuda' (preset gpu) but CUDA is not available" in err and "\n" not in err
+    assert not (tmp_path / "s").exists()
 
 
 def test_resume_with_other_settings_and_missing_report_folder(tmp_path, capsys):

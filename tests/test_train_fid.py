@@ -73,6 +73,19 @@ def test_fid_rows_flops_curves_and_exact_resume(tmp_path, stand_in):
     assert [r["loss"] for r in rows_of(tmp_path / "split") if "loss" in r] == [r["loss"] for r in rows if "loss" in r]
 
 
+def test_training_flops_are_the_study_definition_with_mdt_masked_pass():
+    """One definition of training FLOPs (flops.training_gmacs): MDT's masked pass is counted here as in the study."""
+    from ditlab.flops import training_gmacs
+    from ditlab.models.registry import create_model
+
+    args = dict(input_size=8, patch_size=2, hidden_size=32, depth=4, num_heads=2, num_classes=10, decode_layer=2)
+    model = create_model("MDTv2", in_channels=1, **args)
+    config = TrainConfig(model="MDTv2", objective="mdt", model_args=args, global_batch=8)
+    forward, train_cost = training_gmacs("MDTv2", "mdt", image_size=8, latent_downsample=1, in_channels=1, **args)
+    assert train_cost > 3 * forward  # the masked pass is in it
+    assert fid.flops_per_step(model, config) == pytest.approx(8 * 2 * train_cost * 1e9)
+
+
 def test_fid_images_do_not_depend_on_the_rank_split(stand_in):
     net, reference = stand_in
     config = fid_config(Path("unused"), reference, global_batch=4)
@@ -110,8 +123,9 @@ def test_default_reference_is_the_training_data_train_split():
     from ditlab.data.idx import DEBIAN_FASHION_MNIST
 
     config = TrainConfig(data="fashion-mnist:test:500", fid_every=10)
-    assert fid.reference_spec(config) == f"fashion-mnist:{DEBIAN_FASHION_MNIST}:train"
-    assert fid.reference_spec(TrainConfig(data="mnist:/data/m", fid_every=1, fid_reference="x.npz")) == "x.npz"
+    assert score_mod.reference_spec(config.data, config.fid_reference) == f"fashion-mnist:{DEBIAN_FASHION_MNIST}:train"
+    assert score_mod.reference_spec("mnist:/data/m", "x.npz") == "x.npz"
+    assert score_mod.reference_spec("fashion-mnist:test", None, 20) == f"fashion-mnist:{DEBIAN_FASHION_MNIST}:train:20"
 
 
 WEIGHTS = __import__("ditlab.eval.inception", fromlist=["x"]).fid_helper_weights()
@@ -153,3 +167,53 @@ def test_torchrun_fid_equals_one_process_sampling_with_the_real_network(tmp_path
     reference = score_mod.reference_statistics("fashion-mnist:train:6", image_size=32, cache_dir=tmp_path / "cache"
                                                / "fid-references", progress=False)
     assert score_mod.score_images(images, reference)["fid"] == pytest.approx(row["fid"], rel=1e-6)
+
+
+def test_resume_evaluates_the_fid_a_kill_or_a_stop_left_out(tmp_path, stand_in, monkeypatch):
+    """A kill between the step-2 checkpoint and its FID, or a signal stop at step 2 (saved, then stopped before the
+    FID): the resumed run evaluates step 2 first, so its FID rows are those of an uninterrupted run."""
+    import ditlab.train.loop as loop
+
+    net, reference = stand_in
+    train(fid_config(tmp_path / "straight", reference))
+    expected = [(r["step"], r["fid"]) for r in rows_of(tmp_path / "straight") if "fid" in r]
+    real_log_fid, real_agreed_stop = loop._log_fid, loop.agreed_stop
+
+    def killed(*args, **kw):
+        raise KeyboardInterrupt("killed before the FID")
+
+    monkeypatch.setattr(loop, "_log_fid", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(fid_config(tmp_path / "killed", reference))
+    monkeypatch.setattr(loop, "_log_fid", real_log_fid)
+    calls = iter([False, True])
+    monkeypatch.setattr(loop, "agreed_stop", lambda stop, device: next(calls, False))
+    assert train(fid_config(tmp_path / "stopped", reference, save_on_signal=True)).step == 2
+    monkeypatch.setattr(loop, "agreed_stop", real_agreed_stop)
+    for name in ("killed", "stopped"):
+        assert not any("fid" in r for r in rows_of(tmp_path / name))
+        train(fid_config(tmp_path / name, reference, save_on_signal=name == "stopped"), resume=True)
+        assert [(r["step"], r["fid"]) for r in rows_of(tmp_path / name) if "fid" in r] == expected, name
+        assert [r["step"] for r in rows_of(tmp_path / name)] == [r["step"] for r in rows_of(tmp_path / "straight")]
+
+
+def test_prepare_says_when_the_default_reference_is_computed(tmp_path, stand_in, monkeypatch, capsys):
+    """The default reference (the whole train split) can take hours: one line with its image count and cache file
+    when it is computed; nothing once it is cached."""
+    from ditlab.models.registry import create_model
+    from test_idx import make_idx_folder
+
+    make_idx_folder(tmp_path / "mnist", n=7)
+    monkeypatch.setenv("DITLAB_CACHE", str(tmp_path / "cache"))
+    config = TrainConfig(data=f"mnist:{tmp_path / 'mnist'}:test:3", fid_every=1, fid_samples=4, device="cpu",
+                         model_args=dict(TINY), progress=False)
+    model = create_model("DiT", input_size=32, in_channels=1, num_classes=10, **TINY)
+    info = DistInfo(0, 0, 1, torch.device("cpu"))
+    state = fid.prepare(config, model, 32, info)
+    err = capsys.readouterr().err.strip().splitlines()
+    cached = list((tmp_path / "cache" / "fid-references").glob("*.npz"))
+    assert state.reference_name == f"mnist:{tmp_path / 'mnist'}:train" and len(cached) == 1
+    assert len(err) == 1 and "computing the Inception statistics of 7 images once" in err[0]
+    assert str(cached[0]) in err[0]
+    fid.prepare(config, model, 32, info)
+    assert capsys.readouterr().err == ""

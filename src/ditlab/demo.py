@@ -149,6 +149,10 @@ def sample_and_grade(model: torch.nn.Module, cfg: DemoConfig, run_dir: Path) -> 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Train, sample, grade; write ``demo.json`` with the results and return them."""
     run_dir = Path(cfg.run_dir)
+    if cfg.data != "digits":  # FID's inputs are checked now, not after minutes of training
+        from .demo_fid import check_inputs
+
+        check_inputs(cfg)
     _clear_previous_demo(run_dir)
     run_dir.mkdir(parents=True)
     (run_dir / "demo.json").write_text(json.dumps({"status": "running", "config": dataclasses.asdict(cfg)}))

@@ -12,30 +12,41 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .data.idx import IDXSpec, as_idx_spec
+from .data.idx import IDXSpec, as_idx_spec, find_idx_file, parse_idx_spec
 from .eval.reference import write_npz
-from .eval.score import metrics_from_activations, reference_statistics, score_images
-from .imageio import save_grid, to_uint8
+from .eval.score import metrics_from_activations, reference_spec, reference_statistics, score_images
+from .imageio import save_grid, to_rgb_uint8
 from .sampling import Guidance, generate, parse_sampler
 
 REFERENCE_IMAGES = 2000  # default reference: the first 2,000 train images (Inception costs ~0.1 s per image here)
 
 
-def reference_spec(cfg: Any) -> str:
+def demo_reference(cfg: Any) -> str:
     """The FID reference: ``cfg.fid_reference``, or the first REFERENCE_IMAGES of the data's train split."""
-    if cfg.fid_reference:
-        return cfg.fid_reference
-    data = as_idx_spec(cfg.data)
-    return str(IDXSpec(data.kind, data.root, "train", REFERENCE_IMAGES))
+    return reference_spec(cfg.data, cfg.fid_reference, REFERENCE_IMAGES)
 
 
 def floor_spec(cfg: Any, count: int) -> str:
     """``count`` real images of the data's test split: scored like the samples, they give the FID floor."""
     data = as_idx_spec(cfg.data)
     return str(IDXSpec(data.kind, data.root, "test", count))
+
+
+def check_inputs(cfg: Any) -> None:
+    """Before training: the Inception weights, the reference's and the floor's files exist (else one line)."""
+    from .eval.inception import inception_weights_path
+
+    inception_weights_path()
+    for spec in (demo_reference(cfg), floor_spec(cfg, 10 * cfg.samples_per_class)):
+        idx = parse_idx_spec(spec)
+        if idx is None:  # an ADM .npz reference
+            if not Path(spec).is_file():
+                raise FileNotFoundError(f"FID reference {spec} does not exist (a dataset spec or an ADM .npz)")
+            continue
+        find_idx_file(idx, 0)
+        find_idx_file(idx, 1)
 
 
 def sample_and_score(model: torch.nn.Module, cfg: Any, run_dir: Path, process: Any) -> dict[str, Any]:
@@ -49,12 +60,11 @@ def sample_and_score(model: torch.nn.Module, cfg: Any, run_dir: Path, process: A
     per_class = images.reshape(10, cfg.samples_per_class, *images.shape[1:])
     grid_path = save_grid(per_class[:, :10].reshape(-1, *images.shape[1:]), run_dir / "samples.png", nrow=10,
                           scale=4)
-    rgb = to_uint8(images)
-    rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb  # grayscale -> RGB, as ADM's .npz holds
+    rgb = to_rgb_uint8(images)  # grayscale -> RGB, as ADM's .npz holds
     npz_path = write_npz(run_dir / "samples.npz", rgb, labels.numpy())
 
     tic = time.perf_counter()
-    reference = reference_spec(cfg)
+    reference = demo_reference(cfg)
     ref_stats = reference_statistics(reference, image_size=cfg.image_size, fit=cfg.image_fit,
                                      progress=cfg.progress)
     fid = score_images(rgb, ref_stats, metrics=("fid",), progress=cfg.progress)["fid"]

@@ -17,6 +17,17 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
+def to_rgb_uint8(images: Tensor | np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3), the layout ADM's evaluator and the FID Inception read, grayscale repeated to RGB.
+
+    ``images``: a model-space tensor (N, C, H, W) in [-1, 1] (through :func:`to_uint8`) or a uint8 array
+    (N, H, W, 1 or 3)."""
+    array = to_uint8(images) if isinstance(images, Tensor) else np.asarray(images)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3):
+        raise ValueError(f"images must be uint8 (N, H, W, 1 or 3), got {array.dtype} {array.shape}")
+    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
+
+
 def make_grid(images: np.ndarray, nrow: int, padding: int = 2, pad_value: int = 0) -> np.ndarray:
     """Tile (N, H, W, C) uint8 images into one (rows*(H+pad)+pad, nrow*(W+pad)+pad, C) array."""
     n, h, w, c = images.shape

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .data.idx import parse_idx_spec
 from .flops import training_gmacs
+from .imageio import to_rgb_uint8
 from .models.registry import create_model, model_config
 from .train import TrainConfig, train
 from .train import checkpoint as ckpt
@@ -162,6 +164,12 @@ class StudyConfig:
             raise ValueError(f"study share_ratios={self.share_ratios} must be integers >= 1")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"study precision={self.precision!r} is not one of fp32, bf16")
+        if self.data != "digits" and parse_idx_spec(self.data) is None:  # the reference needs the real images
+            raise ValueError(f"study data={self.data!r} is not one the study can evaluate; allowed: digits, "
+                             "fashion-mnist, fashion-mnist:DIR, mnist:DIR (each with optional :train/:test, :N)")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"study device='cuda' (preset {self.preset}) but CUDA is not available on this "
+                             "machine; use --preset cpu or quick, or --device cpu")
         self.entry_specs()  # one-line errors for bad entry names now, not hours later
 
     @property
@@ -416,11 +424,7 @@ def reference_images(cfg: StudyConfig) -> np.ndarray:
     data = build_data_source(probe, DistInfo(0, 0, 1, torch.device("cpu")))
     count = data.size if cfg.reference_images == 0 else min(cfg.reference_images, data.size)
     order = torch.randperm(data.size, generator=torch.Generator().manual_seed(cfg.seed))[:count].sort().values
-    from .imageio import to_uint8
-
-    chunks = [to_uint8(data.batch(order[i:i + 1000].tolist())[0]) for i in range(0, count, 1000)]
-    images = np.concatenate(chunks)
-    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
+    return np.concatenate([to_rgb_uint8(data.batch(order[i:i + 1000].tolist())[0]) for i in range(0, count, 1000)])
 
 
 def prepare_reference(cfg: StudyConfig, out: Path) -> Path:
@@ -497,13 +501,6 @@ def entry_sampler(tc: TrainConfig, cfg: StudyConfig) -> Any:
     return parse_sampler(text, sampling_config(tc))
 
 
-def _uint8_rgb(images: torch.Tensor) -> np.ndarray:
-    from .imageio import to_uint8
-
-    array = to_uint8(images)
-    return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array
-
-
 def save_family_grid(images: torch.Tensor, num_classes: int, path: Path) -> str:
     """A grid with one row per class (up to 10 x 10) from the evaluation samples."""
     from .imageio import save_grid
@@ -559,7 +556,7 @@ def evaluate_at(cfg: StudyConfig, plan: dict[str, Any], run_dir: Path, step: int
     model = load_entry_model(run_dir, step, _device(cfg))
     images, seconds = sample_images(model, tc, cfg, share=share, desc=desc)
     tic = time.perf_counter()
-    metrics = score(_uint8_rgb(images), reference, cfg)
+    metrics = score(to_rgb_uint8(images), reference, cfg)
     result = {**{k: float(metrics[k]) for k in METRICS}, "step": step, "samples": len(images),
               "sampler_steps": cfg.sampler_steps, "sample_seconds": seconds,
               "sample_img_per_s": len(images) / seconds, "score_seconds": time.perf_counter() - tic,

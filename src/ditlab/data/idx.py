@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..imageio import to_rgb_uint8
+
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 KINDS = ("fashion-mnist", "mnist")
 SPLITS = ("train", "test")
@@ -221,8 +223,8 @@ class IDXDataset:
 
     def load(self, index: int) -> tuple[np.ndarray, int]:
         """(uint8 (S, S, 3) image, label): grayscale repeated to RGB."""
-        return np.repeat(self.images[index].numpy()[..., None], 3, axis=-1), int(self.labels[index])
+        return to_rgb_uint8(self.images[index].numpy()[None, ..., None])[0], int(self.labels[index])
 
     def rgb_uint8(self) -> np.ndarray:
         """Every image as uint8 (N, S, S, 3), grayscale repeated: the layout ADM's evaluator reads."""
-        return np.repeat(self.images.numpy()[..., None], 3, axis=-1)
+        return to_rgb_uint8(self.images.numpy()[..., None])

@@ -180,6 +180,7 @@ def write_index(out: Path, dataset: SourceImages, codec: Any, config: ExtractCon
         "num_classes": dataset.num_classes,
         "classes": dataset.classes,
         "image_size": config.image_size,
+        **({"image_fit": config.image_fit} if parse_idx_spec(config.data) is not None else {}),  # FID references
         "latent_shape": list(latent_shape),
         "vae": config.vae,
         "scaling_factor": getattr(codec, "scaling_factor", 1.0),

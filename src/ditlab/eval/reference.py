@@ -91,10 +91,12 @@ def npz_length(path: str | Path, key: str = "arr_0") -> int:
 def compute_activations(path: str | Path, inception: torch.nn.Module, batch_size: int = 64,
                         progress: bool = True) -> dict[str, np.ndarray]:
     """Pool (N, 2048) activations, logits (N, 1008; with a classifier) and FID/sFID statistics of the images
-    in ``path``; spatial features (N, 2023) are reduced to float64 moments on the fly, and kept only when
-    N <= 2023 (where the exact low-rank sFID needs them)."""
-    if npz_length(path) == 0 or len(npz_shape(path)) != 4 or npz_shape(path)[-1] != 3:
-        raise ValueError(f"{path}: arr_0 must be (N, H, W, 3) images with N > 0, got shape {npz_shape(path)}")
+    in ``path`` (uint8 (N, H, W, 3), or (N, H, W, 1) grayscale, repeated to RGB as :func:`score_images` does);
+    spatial features (N, 2023) are reduced to float64 moments on the fly, and kept only when N <= 2023 (where the
+    exact low-rank sFID needs them)."""
+    if npz_length(path) == 0 or len(npz_shape(path)) != 4 or npz_shape(path)[-1] not in (1, 3):
+        raise ValueError(f"{path}: arr_0 must be (N, H, W, 3) or (N, H, W, 1) images with N > 0, got shape "
+                         f"{npz_shape(path)}")
     count = npz_length(path)
     return activations(iter_npz_batches(path, batch_size), inception, total=-(-count // batch_size),
                        keep_spatial=count <= SPATIAL_FEATURES, progress=progress, desc=f"inception {Path(path).name}")

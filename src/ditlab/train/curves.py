@@ -68,7 +68,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path, flops_per_step: floa
     for r, key in enumerate(("loss", "fid")):
         points = series(rows, key, flops_per_step)
         label = "training loss" if key == "loss" else f"FID ({_samples(rows)} samples)"
-        for c, (axis, xlabel) in enumerate(((0, "optimizer step"), (1, "training FLOPs (ledger: 3 x forward)"))):
+        for c, (axis, xlabel) in enumerate(((0, "optimizer step"), (1, "training FLOPs (flops.training_gmacs)"))):
             panel = _panel([(p[axis], p[2]) for p in points], label, xlabel, COLOURS[key])
             figure.paste(panel, (c * PANEL[0], r * PANEL[1]))
     path = Path(path)

@@ -65,6 +65,21 @@ class DataSource:
         return "identity" if self.pixel_space else str(self.dataset.index["vae"])
 
     @property
+    def image_size(self) -> int:
+        """Side of the images the codec decodes to: the extraction's ``image_size`` for latents (not the latent
+        side), else the model-space side itself."""
+        if isinstance(self.dataset, LatentShards):
+            return int(self.dataset.index["image_size"])
+        return self.input_size
+
+    def image_fit(self, default: str) -> str:
+        """How 28x28 IDX images were fit to ``image_size``: as the latents' extraction recorded it, else
+        ``default`` (the run's ``image_fit``)."""
+        if isinstance(self.dataset, LatentShards):
+            return str(self.dataset.index.get("image_fit", default))
+        return default
+
+    @property
     def pixel_space(self) -> bool:
         """True when the model-space tensors are the images themselves (identity codec)."""
         return isinstance(self.codec, IdentityCodec)

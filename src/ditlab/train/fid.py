@@ -3,22 +3,24 @@
 Every N steps the EMA model samples K images with the run's grid sampler (``sample_steps``, ``sample_cfg``),
 labels ``i mod num_classes`` (class-balanced) and per-image seeds ``FID_SEED_OFFSET + seed + i`` (the same
 noise at every evaluation, so the curve shows the model changing, not the noise). Under torchrun rank r draws
-images r, r + W, r + 2W, ... and rank 0 gathers them in index order, so the images (hence the FID) do not
-depend on the number of processes. Rank 0 scores them against the reference statistics, computed once (and
-cached, see :mod:`ditlab.eval.score`) at the start: by default the training data's train split at the model's
-image size and fit.
+one contiguous block of image indices (:func:`rank_share`; the blocks in rank order tile 0..K-1) and rank 0
+gathers them in rank order, so the images (hence the FID) do not depend on the number of processes. Rank 0
+scores them against the reference statistics, computed once (and cached, see :mod:`ditlab.eval.score`) at the
+start: by default the training data's train split at the size and fit of the decoded images.
 
 Nothing here touches the training RNG streams (sampling uses per-image generators and every training step
 re-seeds), so a resumed run still repeats an uninterrupted one exactly.
 
-``train_flops`` is the ledger's cost (:mod:`ditlab.flops`): steps × global batch × 3 × forward FLOPs of one
-image (2 FLOPs per multiply-accumulate; matmuls and convolutions), the papers' convention; extra passes of an
-objective (MDT's masked pass, REPA's encoder) are not in it.
+``train_flops`` is steps × global batch × the training cost of one image from
+:func:`ditlab.flops.training_gmacs` (the one definition, also the study's): 3 × forward, plus 3 × MDT's masked
+forward under ``objective="mdt"``, 2 FLOPs per multiply-accumulate (matmuls and convolutions); REPA's frozen
+encoder is not in it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..data.idx import parse_idx_spec
 from ..utils.distributed import DistInfo, barrier, is_distributed
 
 FID_SEED_OFFSET = 1_000_000  # keeps FID noise apart from the grids' seeds (seed + i)
@@ -41,39 +42,38 @@ class FIDState:
 
     reference: dict[str, np.ndarray] | None
     reference_name: str
-    flops_per_step: float  # training FLOPs of one optimizer step (ledger convention)
-
-
-def reference_spec(config: Any) -> str:
-    """``config.fid_reference``, else the training data's train split (IDX datasets); other data needs one."""
-    if config.fid_reference:
-        return config.fid_reference
-    spec = parse_idx_spec(config.data)
-    if spec is None:
-        raise ValueError(f"--fid-every needs --fid-reference (a dataset spec such as fashion-mnist:train, or an "
-                         f"ADM .npz) for data={config.data!r}; only MNIST/Fashion-MNIST data have a default")
-    return str(dataclasses.replace(spec, split="train", limit=None))
+    flops_per_step: float  # training FLOPs of one optimizer step (flops.training_gmacs)
 
 
 def flops_per_step(model: nn.Module, config: Any) -> float:
-    """Ledger FLOPs of one optimizer step: 3 × forward (2 per MAC) × global batch, counted on the meta device."""
-    from ..flops import FLOPS_PER_MAC, TRAIN_TO_FORWARD, count
+    """Training FLOPs of one optimizer step: :func:`~ditlab.flops.training_gmacs` of the run's model and objective
+    (2 FLOPs per MAC) × global batch, counted on the meta device."""
+    from ..flops import FLOPS_PER_MAC, training_gmacs
 
     fields = dataclasses.asdict(model.config)
-    row = count(config.model, image_size=fields["input_size"], latent_downsample=1, **fields)
-    return TRAIN_TO_FORWARD * FLOPS_PER_MAC * row.gmacs * 1e9 * config.global_batch
+    _, train_gmacs = training_gmacs(config.model, config.objective, image_size=fields["input_size"],
+                                    latent_downsample=1, **fields)
+    return FLOPS_PER_MAC * train_gmacs * 1e9 * config.global_batch
 
 
-def prepare(config: Any, model: nn.Module, image_size: int, info: DistInfo) -> FIDState:
-    """Reference statistics on rank 0 (computed or read from the cache) while the other ranks wait."""
-    name = reference_spec(config)
-    reference = None
+def prepare(config: Any, model: nn.Module, image_size: int, info: DistInfo, fit: str | None = None) -> FIDState:
+    """Reference statistics on rank 0 (computed or read from the cache) while the other ranks wait.
+
+    ``image_size``/``fit``: the side (and 28x28 fit) of the images the run's samples decode to, which for latent
+    data is the extraction's image size, not the latent side; ``fit`` defaults to ``config.image_fit``."""
+    from ..eval import score  # scipy and the Inception load only when FID is on
+
+    name = score.reference_spec(config.data, config.fid_reference)  # default: the whole train split
+    reference, fit = None, fit or config.image_fit
     if info.is_main:
-        from ..eval.score import reference_statistics  # scipy and the Inception load only when FID is on
-
-        reference = reference_statistics(name, image_size=image_size, fit=config.image_fit,
-                                         device=str(info.device), progress=config.progress,
-                                         inception=config.fid_inception)
+        weights = None if config.fid_inception is None else str(config.fid_inception)
+        net = score.cached_inception(weights, str(info.device))
+        todo = score.reference_to_compute(name, net, image_size=image_size, fit=fit)
+        if todo is not None:  # the default (a whole train split) takes hours of Inception on a CPU
+            print(f"FID reference {name}: computing the Inception statistics of {todo[0]} images once, cached "
+                  f"in {todo[1]} (a smaller one: --fid-reference KIND:train:N)", file=sys.stderr, flush=True)
+        reference = score.reference_statistics(name, image_size=image_size, fit=fit, progress=config.progress,
+                                               inception=net)
     barrier()
     return FIDState(reference, name, flops_per_step(model, config))
 

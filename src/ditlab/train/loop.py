@@ -204,13 +204,16 @@ def _train(config: TrainConfig, info: DistInfo, run_dir: Path, resume_from: int 
     logger = MetricsLogger(run_dir, enabled=info.is_main, start_step=start)
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     last_ckpt = ckpt.checkpoint_paths(run_dir / "checkpoints", start)[0] if resume else None
-    fid_state = fid.prepare(config, model, data.input_size, info) if config.fid_every else None
+    fid_state = fid.prepare(config, model, data.image_size, info, fit=data.image_fit(config.image_fit)) \
+        if config.fid_every else None
     bar = tqdm(total=config.steps, initial=start, disable=not (info.is_main and config.progress),
                desc="train", unit="step", dynamic_ncols=True)
     window: list[StepStats] = []
     tic, loss_value = time.perf_counter(), math.nan
     parts = StepParts(net, model, objective, opt, ema, autocast, config.max_grad_norm, objective_params,
                       info.world_size)
+    if fid_state is not None and resume and _fid_missing(run_dir, start, config, info):
+        _log_fid(fid_state, run_dir, start, ema, config, data, info, logger, sharded)
     model.train()
     done = start
     with inputs_checked_once(model), stop_requests(config.save_on_signal) as stop:
@@ -285,6 +288,14 @@ def _save_or_stop(run_dir: Path, done: int, model: nn.Module, ema: EMA, opt: tor
         logger.close()
         raise NonFiniteLossError(f"{err}; stopped, {where}") from None
     return path
+
+
+def _fid_missing(run_dir: Path, step: int, config: TrainConfig, info: DistInfo) -> bool:
+    """Whether the resumed-from ``step`` is an FID step without its row: the run was killed between the
+    checkpoint and the FID, or stopped by a signal there (the loop saves, then stops before the FID)."""
+    due = step > 0 and (step % config.fid_every == 0 or step == config.steps)
+    missing = info.is_main and due and not any("fid" in r and r["step"] == step for r in read_metrics(run_dir))
+    return bool(broadcast_object(missing))
 
 
 def _log_fid(state: fid.FIDState, run_dir: Path, done: int, ema: EMA, config: TrainConfig, data: DataSource,
