@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import DemoConfig
     from .train import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="ditlab", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="ditlab", description=__doc__.split("\n\n")[0].replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
