@@ -432,6 +432,8 @@ def test_resume_to_a_step_already_reached_changes_nothing(straight, tmp_path, ca
     ({"seed": 10**21}, r"seed=1000000000000000000000 must be an integer in \[0, 2\*\*63 - 1\]"),
     ({"seed": 1e21}, r"seed=1e\+21 must be an integer"),
     ({"weight_decay": -0.1}, "weight_decay=-0.1 must be a finite number >= 0"),
+    ({"sample_steps": "dimm50"}, "bad sampler 'dimm50' for a Gaussian diffusion model"),
+    ({"sample_steps": "sde0", "objective": "flow"}, "bad sampler 'sde0' for a flow-matching model"),
 ])
 def test_out_of_range_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):

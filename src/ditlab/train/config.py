@@ -14,6 +14,7 @@ from ..models.layers import ATTENTION_BACKENDS
 from ..objectives import DiffusionConfig
 from ..objectives.flow import FlowConfig
 from ..objectives.repa import REPAConfig
+from ..sampling.parse import parse_sampler
 
 PRECISIONS = ("fp32", "bf16")
 PARALLEL_MODES = ("ddp", "fsdp")
@@ -92,6 +93,8 @@ class TrainConfig:
         if self.fid_every < 0 or (self.fid_every and self.fid_samples < 2):
             raise ValueError(f"fid_every={self.fid_every} must be >= 0 (0 = off) and fid_samples={self.fid_samples} "
                              f">= 2 when it is on")
+        # The grids' and FID's sampler, parsed now: a bad string must not fail at the first grid, hours in.
+        parse_sampler(self.sample_steps, self.flow if self.objective == "flow" else self.diffusion)
 
     def _check_numbers(self) -> None:
         """Refuse counts, rates and seeds outside their range (NaN and infinity included), one line each."""
