@@ -17,7 +17,7 @@ from ditlab.imageio import to_uint8
 from ditlab.models.registry import create_model
 from ditlab.objectives import DiffusionConfig
 from ditlab.sample import SampleConfig, labels_for, load_sampling_model, run_sample
-from ditlab.sampling import DDIM, Euler, Guidance, generate_latents
+from ditlab.sampling import DDIM, Euler, Guidance, ShareSpec, generate_latents
 from ditlab.train.checkpoint import save_weights
 
 TINY = dict(input_size=8, patch_size=4, in_channels=3, hidden_size=32, depth=1, num_heads=2, num_classes=3)
@@ -68,11 +68,11 @@ def test_crashed_run_resumes_without_redoing_chunks(checkpoint, tmp_path, monkey
     real = sample_mod.sample_chunk
     calls: list[int] = []
 
-    def crash_on_third(model, diffusion, codec, config, indices):
+    def crash_on_third(model, diffusion, codec, config, indices, schedule=None):
         calls.append(indices.start)
         if len(calls) == 3:
             raise KeyboardInterrupt("simulated crash")
-        return real(model, diffusion, codec, config, indices)
+        return real(model, diffusion, codec, config, indices, schedule)
 
     monkeypatch.setattr(sample_mod, "sample_chunk", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -329,3 +329,26 @@ def test_a_trained_digits_checkpoint_samples_without_naming_its_codec(tmp_path):
     images, _ = read(run_sample(cfg(run.last_checkpoint, tmp_path / "s.npz", vae=None, num_images=2)))
     assert images.shape == (2, 16, 16, 3)  # one grey channel repeated to RGB
     assert recorded_vae(tmp_path) == DEFAULT_VAE  # a folder without vae/ is no pipeline with its own VAE
+
+
+def test_dp_sharing_is_solved_once_per_job_and_gives_the_per_chunk_images(tmp_path, monkeypatch):
+    from ditlab.objectives.flow import FlowConfig
+    from ditlab.sampling import sharing_schedule
+
+    torch.manual_seed(0)
+    model = create_model("DDT", input_size=8, patch_size=2, hidden_size=32, num_blocks=3, num_encoder_blocks=2,
+                         num_groups=2, in_channels=3, num_classes=3)
+    with torch.no_grad():  # the zero-initialised output layers would make the encoder state irrelevant
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path / "ddt.safetensors"
+    save_weights(path, model.state_dict(), {"family": "DDT", "config": dataclasses.asdict(model.config),
+                                            "objective": "flow", "flow": dataclasses.asdict(FlowConfig())})
+    solves = []
+    monkeypatch.setattr(sample_mod, "sharing_schedule", lambda *a, **k: solves.append(1) or sharing_schedule(*a, **k))
+    images, _ = read(run_sample(cfg(path, tmp_path / "a.npz", sampler_steps="euler6", share="dp:3")))
+    assert len(solves) == 1  # 3 chunks, one DP calibration
+    schedule = sharing_schedule(model.eval(), FlowConfig(), Euler(6), ShareSpec("dp", 3), Guidance(1.5))
+    direct = generate_latents(model, FlowConfig(), torch.tensor([0, 1]), Euler(6), guidance=Guidance(1.5),
+                              share=ShareSpec("dp", 3), seeds=[0, 1])
+    assert np.array_equal(images[:2], to_uint8(direct)) and len(schedule) == 3

@@ -27,7 +27,15 @@ from .imageio import make_grid, to_uint8
 from .models.layers import ATTENTION_BACKENDS, set_attention_backend
 from .objectives import DiffusionConfig
 from .objectives.flow import FlowConfig
-from .sampling import Guidance, Sampler, ShareSpec, generate_latents, parse_sampler, parse_share_spec
+from .sampling import (
+    Guidance,
+    Sampler,
+    ShareSpec,
+    generate_latents,
+    parse_sampler,
+    parse_share_spec,
+    sharing_schedule,
+)
 from .utils.files import atomic_write, check_or_write_identity
 from .utils.integrity import path_sha256
 
@@ -180,14 +188,27 @@ def sampling_settings(config: SampleConfig, objective: DiffusionConfig | FlowCon
     return parse_sampler(config.sampler_steps, objective, config.eta), guidance, parse_share_spec(config.share)
 
 
-def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, codec: Any, config: SampleConfig,
-                 indices: range) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (n, H, W, 3) images (grayscale repeated to RGB) and labels of one chunk."""
-    labels = labels_for(indices, config.labels, model.config.num_classes, config.seed)
+def _autocast(model: nn.Module, config: SampleConfig) -> torch.autocast:
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
+def solved_share(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, config: SampleConfig) -> list[int] | None:
+    """The encoder-sharing schedule of the job, solved once (``dp:K`` calibrates on 8 images: not once per chunk;
+    the calibration is seeded, so every chunk and every rank gets the same schedule)."""
     sampler, guidance, share = sampling_settings(config, diffusion)
-    with autocast:
+    with _autocast(model, config):
+        return sharing_schedule(model, diffusion, sampler, share, guidance)
+
+
+def sample_chunk(model: nn.Module, diffusion: DiffusionConfig | FlowConfig, codec: Any, config: SampleConfig,
+                 indices: range, schedule: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, H, W, 3) images (grayscale repeated to RGB) and labels of one chunk; ``schedule``: the solved
+    encoder sharing (:func:`solved_share`), else ``config.share`` is solved here."""
+    labels = labels_for(indices, config.labels, model.config.num_classes, config.seed)
+    sampler, guidance, share = sampling_settings(config, diffusion)
+    share = share if schedule is None else schedule
+    with _autocast(model, config):
         latents = generate_latents(model, diffusion, labels, sampler, guidance=guidance, share=share,
                                    seeds=[config.seed + i for i in indices])
     images = codec.decode(latents.float())
@@ -313,8 +334,9 @@ def run_sample(config: SampleConfig) -> Path:
     if todo:
         bar = tqdm(total=len(todo), disable=not (info.is_main and config.progress), desc="sample", unit="chunk",
                    dynamic_ncols=True)
+        schedule = solved_share(model, diffusion, config)
         for c in todo:
-            images, labels = sample_chunk(model, diffusion, codec, config, chunks[c])
+            images, labels = sample_chunk(model, diffusion, codec, config, chunks[c], schedule)
             _write_chunk(chunk_path(parts, c), images, labels)
             bar.update(1)
         bar.close()
