@@ -381,9 +381,10 @@ def load_state(out: Path) -> dict[str, Any]:
     return state
 
 
-# What a fresh checkout can rebuild: committing the rest of the folder (study.json, each run's config.json,
-# metrics.jsonl and newest checkpoint pair, the reference .npz, grids, report) lets another machine resume it.
-GITIGNORE = "runs/*/tb/\nreference/*.ditlab-ref-*.npz\n.*.tmp-*\n"
+# What a fresh checkout can rebuild, and a run's lock (only a live process holds one): committing the rest of
+# the folder (study.json, each run's config.json, metrics.jsonl and newest checkpoint pair, the reference .npz,
+# grids, report) lets another machine resume it.
+GITIGNORE = "runs/*/tb/\nruns/*/.lock\nreference/*.ditlab-ref-*.npz\n.*.tmp-*\n"
 
 _RUNTIME_FIELDS = ("out", "progress", "device")  # may differ between the first run and a resumed one
 
