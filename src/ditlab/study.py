@@ -201,8 +201,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                   fid_samples=32, sampler_steps=10, sample_batch=64, reference_images=128, share_ratios=[2],
                   ckpt_every=20, ema_decay=0.99),
     # <= 3 h on this 2-core machine, an estimate (not yet timed end to end on a quiet machine): training at the
-    # measured fp32 138-262 img/s (10-19 min per entry), the FID Inception at ~5 img/s (~33 min for 2000
-    # reference + 16 x 500 sample images), sampling ~15 min. 16 px Fashion-MNIST: 64 tokens at p=2 and
+    # measured fp32 138-262 img/s (10-19 min per entry), the FID Inception at the measured 10.9 img/s (~15 min
+    # for 2000 reference + 16 x 500 sample images), sampling ~15 min. 16 px Fashion-MNIST: 64 tokens at p=2 and
     # 256 for DiffuSSM (the 4x ratio of ImageNet-256 latents at p=2).
     "cpu": dict(image_size=16, depth=6, num_heads=4, width=128, steps=2400, global_batch=64, evals=3,
                 lr_scale=2.0, fid_samples=500, sampler_steps=50, reference_images=2000, share_ratios=[2, 4]),
