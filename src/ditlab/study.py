@@ -12,6 +12,10 @@ Everything lands in one folder: ``study.json`` (the plan and every number, rewri
 of work, so a killed study continues where it stopped when the same command is run again), one training run
 per entry under ``runs/``, the reference images, sample grids and the report (``report.md`` and SVG plots,
 :mod:`ditlab.study_report`).
+
+Under ``torchrun`` every rank trains each entry together (DDP, the ordinary loop) and samples one contiguous
+block of every evaluation's images (image i keeps label i mod classes and seed i, so the images and the FID do
+not depend on the number of processes); rank 0 gathers and scores them and writes study.json and the report.
 """
 
 from __future__ import annotations
@@ -19,10 +23,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,7 @@ from .train import TrainConfig, train
 from .train import checkpoint as ckpt
 from .train.data_source import build_data_source
 from .train.loop import read_metrics
-from .utils.distributed import DistInfo
+from .utils.distributed import DistInfo, any_rank, barrier, broadcast_object, gather_objects, init_distributed
 from .utils.files import atomic_write
 
 STATE_FILE = "study.json"
@@ -438,22 +442,40 @@ def prepare_reference(cfg: StudyConfig, out: Path) -> Path:
     return path
 
 
-def score(images: np.ndarray, reference: Path, cfg: StudyConfig) -> dict[str, float]:
+def score(images: np.ndarray, reference: Path, cfg: StudyConfig, device: torch.device) -> dict[str, float]:
     """FID, sFID, Precision and Recall of uint8 NHWC images with the FID Inception (``ditlab.eval.score``)."""
     from .eval.score import score_images
 
-    return score_images(images, reference, metrics=METRICS, device=_device(cfg), progress=cfg.progress)
+    return score_images(images, reference, metrics=METRICS, device=str(device), progress=cfg.progress)
 
 
-def _device(cfg: StudyConfig) -> str:
-    return cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def one_process(cfg: StudyConfig) -> DistInfo:
+    """Rank 0 of 1 on the study's device (CUDA when available unless ``cfg.device`` says otherwise)."""
+    return DistInfo(0, 0, 1, torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")))
+
+
+def on_main(info: DistInfo, work: Callable[[], Any]) -> Any:
+    """``work()`` on rank 0; its result on every rank, or its exception raised on every rank (so that no rank
+    waits in a collective that another has left)."""
+    result, error, line = None, None, None
+    if info.is_main:
+        try:
+            result = work()
+        except Exception as err:  # noqa: BLE001 (its line goes to every rank, raised below)
+            error, line = err, f"{type(err).__name__}: {err}"
+    result, line = broadcast_object((result, line))
+    if error is not None:
+        raise error
+    if line is not None:
+        raise RuntimeError(f"on rank 0: {line}")
+    return result
 
 
 # ----------------------------------------------------------------------------
 # Sampling.
 
 
-def load_entry_model(run_dir: Path, step: int, device: str) -> torch.nn.Module:
+def load_entry_model(run_dir: Path, step: int, device: torch.device | str) -> torch.nn.Module:
     """The EMA weights of an entry's checkpoint at ``step``."""
     weights, meta = ckpt.load_weights(ckpt.checkpoint_paths(run_dir / "checkpoints", step)[0])
     model = create_model(meta["family"], **meta["config"])
@@ -461,24 +483,54 @@ def load_entry_model(run_dir: Path, step: int, device: str) -> torch.nn.Module:
     return model.to(device).eval()
 
 
-def sample_images(model: torch.nn.Module, tc: TrainConfig, cfg: StudyConfig, share: Any = None,
-                  desc: str = "sample") -> tuple[torch.Tensor, float]:
-    """``fid_samples`` images in [-1, 1] (image i: label i mod classes, seed i) and the seconds they took."""
+def sample_images(model: torch.nn.Module, tc: TrainConfig, cfg: StudyConfig, info: DistInfo, share: Any = None,
+                  desc: str = "sample") -> tuple[list[Any] | None, float]:
+    """Sample this rank's block of the ``fid_samples`` images (image i: label i mod classes, seed i).
+
+    Returns, on rank 0, every rank's block in rank order (a float32 array in [-1, 1], or the one-line error that
+    rank hit: errors travel as data so that every rank reaches the gather) and None elsewhere, with the wall
+    seconds from the moment every rank was ready to the gathered images (the warm-up batch is not timed)."""
+    from .train.fid import rank_share
     from .train.objective import sampling_config
 
     process = sampling_config(tc)
     labels = torch.arange(cfg.fid_samples) % model.config.num_classes
-    _sample_batch(model, tc, cfg, process, labels[:2], [0, 1], share)  # warm-up (lazy inits), not timed
-    out, seconds = [], 0.0
-    for start in tqdm(range(0, cfg.fid_samples, cfg.sample_batch), desc=desc, unit="batch", leave=False,
-                      disable=not cfg.progress, dynamic_ncols=True):
-        batch = labels[start:start + cfg.sample_batch]
-        seeds = list(range(start, start + len(batch)))
-        tic = time.perf_counter()
-        x = _sample_batch(model, tc, cfg, process, batch, seeds, share)
-        seconds += time.perf_counter() - tic
-        out.append(x.float().cpu().clamp(-1, 1))
-    return torch.cat(out), seconds
+    block = rank_share(cfg.fid_samples, info)
+    local: Any = []
+    try:
+        _sample_batch(model, tc, cfg, process, labels[:2], [0, 1], share)  # warm-up (lazy inits), not timed
+    except Exception as err:  # noqa: BLE001 (reported by rank 0 after the gather)
+        local = _error_line(info, err)
+    barrier()
+    tic = time.perf_counter()
+    starts = range(block.start, block.stop, cfg.sample_batch) if isinstance(local, list) else range(0)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=not (cfg.progress and info.is_main),
+                      dynamic_ncols=True):
+        seeds = list(range(start, min(start + cfg.sample_batch, block.stop)))
+        try:
+            x = _sample_batch(model, tc, cfg, process, labels[seeds], seeds, share)
+        except Exception as err:  # noqa: BLE001
+            local = _error_line(info, err)
+            break
+        local.append(x.float().cpu().clamp(-1, 1).numpy())
+    if isinstance(local, list):
+        local = np.concatenate(local) if local else np.zeros((0,), np.float32)
+    blocks = gather_objects(local)
+    return blocks, time.perf_counter() - tic
+
+
+def _error_line(info: DistInfo, err: Exception) -> str:
+    traceback.print_exc(file=sys.stderr)
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {first}" + (f" (rank {info.rank})" if info.world_size > 1 else "")
+
+
+def joined(blocks: list[Any]) -> torch.Tensor:
+    """The gathered blocks as one tensor in image order; a rank's error is raised here, on rank 0."""
+    errors = [b for b in blocks if isinstance(b, str)]
+    if errors:
+        raise RuntimeError(errors[0])
+    return torch.from_numpy(np.concatenate([b for b in blocks if len(b)]))
 
 
 def _sample_batch(model: torch.nn.Module, tc: TrainConfig, cfg: StudyConfig, process: Any, labels: torch.Tensor,
@@ -551,20 +603,29 @@ def training_record(run_dir: Path, cfg: StudyConfig) -> dict[str, Any]:
 
 
 def evaluate_at(cfg: StudyConfig, plan: dict[str, Any], run_dir: Path, step: int, reference: Path,
-                grid: Path | None, share: Any = None, desc: str = "sample") -> dict[str, Any]:
-    """Sample and score an entry's EMA weights at ``step``; the numbers of one evaluation."""
+                grid: Path | None, share: Any = None, desc: str = "sample",
+                info: DistInfo | None = None) -> dict[str, Any]:
+    """Sample (split over the ranks) and score (rank 0) an entry's EMA weights at ``step``; the numbers of one
+    evaluation, on every rank."""
+    info = info or one_process(cfg)
     tc = entry_train_config(cfg, plan, run_dir, step)
-    model = load_entry_model(run_dir, step, _device(cfg))
-    images, seconds = sample_images(model, tc, cfg, share=share, desc=desc)
-    tic = time.perf_counter()
-    metrics = score(to_rgb_uint8(images), reference, cfg)
-    result = {**{k: float(metrics[k]) for k in METRICS}, "step": step, "samples": len(images),
-              "sampler_steps": cfg.sampler_steps, "sample_seconds": seconds,
-              "sample_img_per_s": len(images) / seconds, "score_seconds": time.perf_counter() - tic,
-              "train_pflop": plan["train_flops_per_image"] * cfg.global_batch * step / 1e15}
-    if grid is not None:
-        result["grid"] = save_family_grid(images, model.config.num_classes, grid)
-    return result
+    model = load_entry_model(run_dir, step, info.device)
+    blocks, seconds = sample_images(model, tc, cfg, info, share=share, desc=desc)
+
+    def scored() -> dict[str, Any]:
+        images = joined(blocks)
+        tic = time.perf_counter()
+        metrics = score(to_rgb_uint8(images), reference, cfg, info.device)
+        result = {**{k: float(metrics[k]) for k in METRICS}, "step": step, "samples": len(images),
+                  "sampler_steps": cfg.sampler_steps, "sample_seconds": seconds,
+                  "sample_img_per_s": len(images) / seconds, "processes": info.world_size,
+                  "score_seconds": time.perf_counter() - tic,
+                  "train_pflop": plan["train_flops_per_image"] * cfg.global_batch * step / 1e15}
+        if grid is not None:
+            result["grid"] = save_family_grid(images, model.config.num_classes, grid)
+        return result
+
+    return on_main(info, scored)
 
 
 def sharing_specs(cfg: StudyConfig) -> list[str]:
@@ -589,40 +650,62 @@ def _units(cfg: StudyConfig, state: dict[str, Any]) -> list[tuple[str, int]]:
     return [(name, step) for step in cfg.budgets for name in state["plan"]]
 
 
-def _fail(state: dict[str, Any], out: Path, name: str, what: str, err: Exception) -> None:
-    """Record an entry's failure (one line in study.json, the traceback on stderr); the others go on."""
-    line = f"{what}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+def _save(out: Path, state: dict[str, Any], info: DistInfo) -> None:
+    if info.is_main:
+        save_state(out, state)
+
+
+def attempt(info: DistInfo, work: Callable[..., None], *args: Any) -> str | None:
+    """Run one unit on every rank; the one-line error of the first rank that failed (None if none did), known to
+    every rank. Exceptions are caught here, after the unit's collectives, so the ranks stay in step."""
+    error = None
+    try:
+        work(*args)
+    except Exception as err:  # noqa: BLE001 (an entry's failure must not lose the others)
+        error = _error_line(info, err)
+    if not any_rank(error is not None, info.device):
+        return None
+    lines = broadcast_object(gather_objects(error))
+    return next(line for line in lines if line)
+
+
+def _fail(state: dict[str, Any], out: Path, name: str, what: str, line: str, info: DistInfo) -> None:
+    """Record an entry's failure (one line in study.json; the traceback went to stderr); the others go on."""
+    line = f"{what}: {line}"
     result = _entry_result(state, name)
     result["status"], result["error"] = "failed", line
     result["errors"].append(line)
-    save_state(out, state)
-    traceback.print_exc(file=sys.stderr)
-    tqdm.write(f"ditlab study: entry {name} failed ({line}); continuing with the others", file=sys.stderr)
+    _save(out, state, info)
+    if info.is_main:
+        tqdm.write(f"ditlab study: entry {name} failed ({line}); continuing with the others", file=sys.stderr)
 
 
-def run_unit(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, step: int, reference: Path) -> None:
+def run_unit(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, step: int, reference: Path,
+             info: DistInfo) -> None:
     """Train ``name`` to ``step`` and evaluate it there (an evaluation already in study.json is kept)."""
     plan, result = state["plan"][name], _entry_result(state, name)
     run_dir = _run_dir(out, name)
     tic = time.perf_counter()
     train_to(cfg, plan, run_dir, step)
-    result.update(training_record(run_dir, cfg))
+    if info.is_main:  # metrics.jsonl is rank 0's
+        result.update(training_record(run_dir, cfg))
     result["status"] = "running"
     _add_time(state, "train_seconds", time.perf_counter() - tic)
-    save_state(out, state)
+    _save(out, state, info)
     if str(step) not in result["evals"]:
         final = step == cfg.budgets[-1]
         grid = out / "grids" / f"{run_dir.name}.png" if final else None
         tic = time.perf_counter()
-        row = evaluate_at(cfg, plan, run_dir, step, reference, grid, desc=f"sample {name}")
+        row = evaluate_at(cfg, plan, run_dir, step, reference, grid, desc=f"sample {name}", info=info)
         if grid is not None:
             row["grid"] = str(grid.relative_to(out))  # report.md sits in `out`
         result["evals"][str(step)] = row
         _add_time(state, "eval_seconds", time.perf_counter() - tic)
-        save_state(out, state)
+        _save(out, state, info)
 
 
-def run_sharing(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, reference: Path) -> None:
+def run_sharing(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, reference: Path,
+                info: DistInfo) -> None:
     """FID and sampling speed of every encoder-sharing setting at the final budget (DDT)."""
     from .sampling import Guidance, parse_share_spec, sharing_schedule
     from .train.objective import sampling_config
@@ -634,28 +717,34 @@ def run_sharing(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, r
             continue
         if spec == "none" and str(step) in result["evals"]:  # the final evaluation's numbers, re-timed here
             final = result["evals"][str(step)]  # so that every speed-up compares samplings of one phase
-            model = load_entry_model(run_dir, step, _device(cfg))
-            _, seconds = sample_images(model, entry_train_config(cfg, plan, run_dir, step), cfg, desc="re-time")
+            model = load_entry_model(run_dir, step, info.device)
+            _, seconds = sample_images(model, entry_train_config(cfg, plan, run_dir, step), cfg, info, desc="re-time")
+            seconds = broadcast_object(seconds)  # rank 0's clock (it includes the gather), on every rank
             result["sharing"][spec] = {**final, "sharing": spec, "calibration_seconds": 0.0, "score_seconds": None,
                                        "encoder_calls": cfg.sampler_steps, "sample_seconds": seconds,
-                                       "sample_img_per_s": final["samples"] / seconds}
-            save_state(out, state)
+                                       "sample_img_per_s": final["samples"] / seconds, "processes": info.world_size}
+            _save(out, state, info)
             continue
         share: Any = parse_share_spec(spec)
         calibration = 0.0
-        if spec.startswith("dp"):  # solve DDT's DP once (8 calibration samples), then sample with its schedule
-            model = load_entry_model(run_dir, step, _device(cfg))
-            tic = time.perf_counter()
-            tc = entry_train_config(cfg, plan, run_dir, step)
-            share = sharing_schedule(model, sampling_config(tc), entry_sampler(tc, cfg), share, Guidance(cfg.cfg_scale))
-            calibration = time.perf_counter() - tic
+        if spec.startswith("dp"):  # solve DDT's DP once (8 calibration samples) on rank 0; every rank uses it
+            def calibrate(share: Any = share) -> tuple[Any, float]:
+                model = load_entry_model(run_dir, step, info.device)
+                tic = time.perf_counter()
+                tc = entry_train_config(cfg, plan, run_dir, step)
+                schedule = sharing_schedule(model, sampling_config(tc), entry_sampler(tc, cfg), share,
+                                            Guidance(cfg.cfg_scale))
+                return schedule, time.perf_counter() - tic
+
+            share, calibration = on_main(info, calibrate)
         tic = time.perf_counter()
-        row = evaluate_at(cfg, plan, run_dir, step, reference, None, share=share, desc=f"sample {name} {spec}")
+        row = evaluate_at(cfg, plan, run_dir, step, reference, None, share=share, desc=f"sample {name} {spec}",
+                          info=info)
         row.update(sharing=spec, calibration_seconds=calibration,
                    encoder_calls=_encoder_calls(spec, share, cfg.sampler_steps))
         result["sharing"][spec] = row
         _add_time(state, "sharing_seconds", time.perf_counter() - tic + calibration)
-        save_state(out, state)
+        _save(out, state, info)
 
 
 def _encoder_calls(spec: str, share: Any, steps: int) -> int:
@@ -671,43 +760,43 @@ def _add_time(state: dict[str, Any], key: str, seconds: float) -> None:
 
 
 def run_study(cfg: StudyConfig) -> Path:
-    """Run (or continue) the study in ``cfg.out``; returns the report's path. Failed entries are retried."""
+    """Run (or continue) the study in ``cfg.out``; returns the report's path. Failed entries are retried.
+
+    Every rank of a torchrun job calls this; a failure on any rank fails the entry on all of them (the others go
+    on). A rank that dies inside an entry's DDP training stops the job once the process group gives up on it
+    (resume with the same command)."""
     from .study_report import write_report
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError("ditlab study runs in one process (each entry's training and sampling use its device); "
-                         "start it without torchrun")
+    info = init_distributed(cfg.device)
     out = Path(cfg.out)
-    state = open_state(cfg)
+    state = on_main(info, lambda: open_state(cfg))
     for name in state["plan"]:
         result = _entry_result(state, name)
         if result["status"] == "failed":
             result["status"] = "retrying"
     tic = time.perf_counter()
-    reference = prepare_reference(cfg, out)
+    reference = on_main(info, lambda: prepare_reference(cfg, out))
     _add_time(state, "reference_images_seconds", time.perf_counter() - tic)
     failed: set[str] = set()
     units = _units(cfg, state)
-    bar = tqdm(units, desc="study", unit="unit", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(units, desc="study", unit="unit", disable=not (cfg.progress and info.is_main), dynamic_ncols=True)
     for name, step in bar:
         bar.set_postfix(entry=name, step=step)
         if name in failed:
             continue
-        try:
-            run_unit(cfg, state, out, name, step, reference)
-        except Exception as err:  # noqa: BLE001 (an entry's failure must not lose the others)
+        error = attempt(info, run_unit, cfg, state, out, name, step, reference, info)
+        if error:
             failed.add(name)
-            _fail(state, out, name, f"step {step}", err)
+            _fail(state, out, name, f"step {step}", error, info)
     bar.close()
     for name, plan in state["plan"].items():
         if name not in failed and _has_encoder_split(plan) and cfg.share_ratios:
-            try:
-                run_sharing(cfg, state, out, name, reference)
-            except Exception as err:  # noqa: BLE001
+            error = attempt(info, run_sharing, cfg, state, out, name, reference, info)
+            if error:
                 failed.add(name)
-                _fail(state, out, name, "encoder sharing", err)
+                _fail(state, out, name, "encoder sharing", error, info)
     for name in state["plan"]:
         if name not in failed:
             _entry_result(state, name).update(status="done", error=None)
-    save_state(out, state)
-    return write_report(out, state)
+    _save(out, state, info)
+    return on_main(info, lambda: write_report(out, state))

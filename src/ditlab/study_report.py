@@ -235,6 +235,14 @@ def timing_lines(state: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _processes_note(state: dict[str, Any]) -> str:
+    counts = sorted({e.get("processes", 1) for r in state["results"].values() for e in _evals(r)})
+    if counts in ([], [1]):
+        return ""
+    return (f" Sampling ran split over {' or '.join(map(str, counts))} processes (torchrun): its img/s counts "
+            "them together.")
+
+
 def render(state: dict[str, Any]) -> str:
     """The whole report.md text."""
     cfg = state["config"]
@@ -243,7 +251,8 @@ def render(state: dict[str, Any]) -> str:
              f"images, FID/sFID/Precision/Recall from {cfg['fid_samples']} samples ({cfg['sampler_steps']} "
              f"sampler steps, guidance {cfg['cfg_scale']}) against {cfg['reference_images'] or 'all'} real "
              "training images, with the FID Inception. GMACs are multiply-accumulates (the papers' Gflops); "
-             "training cost is 3x forward, MDT's masked pass included.", "", *comparison_table(state), ""]
+             "training cost is 3x forward, MDT's masked pass included." + _processes_note(state), "",
+             *comparison_table(state), ""]
     failed = {n: r for n, r in state["results"].items() if r.get("status") == "failed"}
     if failed:
         lines += ["**Failed entries:**", ""] + [f"- {n}: {r['error']}" for n, r in failed.items()] + [""]

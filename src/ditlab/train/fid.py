@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ..utils.distributed import DistInfo, barrier, is_distributed
+from ..utils.distributed import DistInfo, barrier, gather_objects
 
 FID_SEED_OFFSET = 1_000_000  # keeps FID noise apart from the grids' seeds (seed + i)
 FID_METRICS = ("fid",)
@@ -106,11 +105,8 @@ def sample_images(model: nn.Module, config: Any, codec: Any, indices: range, num
 
 def gather_to_main(images: np.ndarray, info: DistInfo) -> np.ndarray | None:
     """Every rank's block on rank 0, in rank (= index) order; None on the other ranks."""
-    if not is_distributed():
-        return images
-    blocks = [None] * info.world_size if info.is_main else None
-    dist.gather_object(images, blocks, dst=0)
-    return np.concatenate([b for b in blocks if len(b)]) if info.is_main else None
+    blocks = gather_objects(images)
+    return np.concatenate([b for b in blocks if len(b)]) if blocks is not None else None
 
 
 def evaluate(state: FIDState, model: nn.Module | None, config: Any, codec: Any, num_classes: int, step: int,

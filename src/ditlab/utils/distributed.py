@@ -83,6 +83,24 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is true on any rank (every rank must call it: one tiny all-reduce)."""
+    if not is_distributed():
+        return flag
+    box = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
+def gather_objects(obj: object) -> list[object] | None:
+    """Every rank's picklable ``obj`` on rank 0, in rank order; None on the other ranks."""
+    if not is_distributed():
+        return [obj]
+    box = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, box, dst=0)
+    return box
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
