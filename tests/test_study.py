@@ -92,6 +92,19 @@ def test_study_runs_resumes_without_redoing_and_regenerates_report(tmp_path, sta
     assert report.read_text() == text
 
 
+def test_training_record_wall_clock_and_median_window(tmp_path):
+    """Windows of 10 steps at 0.1, 0.1 and 1.0 s/step (the last slowed by other load), the first logged twice (a
+    resume repeats it; the last row wins): 30 steps of 16 images in 12 s, 40 img/s; median window 160 img/s."""
+    rows = [{"step": 10, "loss": 9.0, "sec_per_step": 5.0}, {"step": 10, "loss": 1.0, "sec_per_step": 0.1},
+            {"step": 20, "loss": 0.5, "sec_per_step": 0.1}, {"step": 30, "loss": 0.4, "sec_per_step": 1.0},
+            {"step": 30, "fid": 3.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record = study.training_record(tmp_path, tiny(tmp_path, global_batch=16))
+    assert record["loss_curve"] == [[10, 1.0], [20, 0.5], [30, 0.4]] and record["steps_done"] == 30
+    assert record["seconds_curve"] == [[10, 1.0], [20, 2.0], [30, 12.0]]
+    assert record["train_img_per_s"] == pytest.approx(16 * 30 / 12) and record["train_img_per_s_median"] == 160
+
+
 def test_interrupted_study_continues_to_the_same_numbers(tmp_path, stand_in, monkeypatch):
     reference = study.run_study(tiny(tmp_path / "a"))
     evaluate = study.evaluate_at

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import sys
 import time
 import traceback
@@ -583,7 +584,8 @@ def train_to(cfg: StudyConfig, plan: dict[str, Any], run_dir: Path, step: int) -
 
 
 def training_record(run_dir: Path, cfg: StudyConfig) -> dict[str, Any]:
-    """Loss curve, wall-clock and img/s of a run from its metrics.jsonl (rows repeated by a resume: last wins)."""
+    """Loss curve, wall-clock and img/s (over the whole wall clock, and of the median logged window) of a run
+    from its metrics.jsonl (rows repeated by a resume: last wins)."""
     rows = {}
     if (run_dir / "metrics.jsonl").is_file():
         rows = {r["step"]: r for r in read_metrics(run_dir) if "loss" in r}
@@ -598,6 +600,10 @@ def training_record(run_dir: Path, cfg: StudyConfig) -> dict[str, Any]:
         "seconds_curve": seconds,
         "train_seconds": wall,
         "train_img_per_s": cfg.global_batch * previous / wall if wall > 0 else None,
+        # the median logged window: what the machine does when nothing else loads it (a shared machine slows
+        # some windows; the wall clock above keeps them)
+        "train_img_per_s_median": (cfg.global_batch / statistics.median(rows[s]["sec_per_step"] for s in steps)
+                                   if steps else None),
         "steps_done": previous,
     }
 

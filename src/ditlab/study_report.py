@@ -119,7 +119,8 @@ def _minutes(seconds: float | None) -> str:
 def comparison_table(state: dict[str, Any]) -> list[str]:
     """The main table: one row per entry, FID at every budget."""
     budgets = sorted({int(s) for r in state["results"].values() for s in r.get("evals", {})})
-    head = ["entry", "params (M)", "GMACs/img (fwd)", "train GMACs/img", "vs ref", "train img/s", "train wall"]
+    head = ["entry", "params (M)", "GMACs/img (fwd)", "train GMACs/img", "vs ref", "train img/s",
+            "median-window img/s", "train wall"]
     head += [f"FID @{b}" for b in budgets] + ["final FID", "sFID", "Precision", "Recall", "sampling img/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, plan in state["plan"].items():
@@ -128,7 +129,8 @@ def comparison_table(state: dict[str, Any]) -> list[str]:
         final = evals.get(str(max(budgets))) if budgets else None
         cells = [name, _num(plan["params"] / 1e6), _num(plan["forward_gmacs"], ".4f"),
                  _num(plan["train_gmacs"], ".4f"), _num(plan["ratio_to_reference"], ".3f"),
-                 _num(result.get("train_img_per_s"), ".1f"), _minutes(result.get("train_seconds"))]
+                 _num(result.get("train_img_per_s"), ".1f"), _num(result.get("train_img_per_s_median"), ".1f"),
+                 _minutes(result.get("train_seconds"))]
         cells += [_num(evals.get(str(b), {}).get("fid")) for b in budgets]
         cells += [_num((final or {}).get(k), f) for k, f in
                   (("fid", ".2f"), ("sfid", ".2f"), ("precision", ".3f"), ("recall", ".3f"),
@@ -252,7 +254,10 @@ def render(state: dict[str, Any]) -> str:
              f"sampler steps, guidance {cfg['cfg_scale']}) against {cfg['reference_images'] or 'all'} real "
              "training images, with the FID Inception. GMACs are multiply-accumulates (the papers' Gflops); "
              "training cost is 3x forward, MDT's masked pass included." + _processes_note(state), "",
-             *comparison_table(state), ""]
+             *comparison_table(state), "",
+             "train img/s: images over the whole training wall clock (what the FID-vs-wall-clock plot uses); "
+             "median-window img/s: the median logged window's rate, which other load on a shared machine "
+             "disturbs less.", ""]
     failed = {n: r for n, r in state["results"].items() if r.get("status") == "failed"}
     if failed:
         lines += ["**Failed entries:**", ""] + [f"- {n}: {r['error']}" for n, r in failed.items()] + [""]
