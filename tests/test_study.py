@@ -8,6 +8,7 @@ in test_fid_weights.py.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -85,6 +86,8 @@ def test_study_runs_resumes_without_redoing_and_regenerates_report(tmp_path, sta
 
     monkeypatch.setattr(study, "train", must_not_run)
     monkeypatch.setattr(study, "evaluate_at", must_not_run)
+    for name in ("DiT", "DDT"):  # a finished study committed without its checkpoints
+        shutil.rmtree(report.parent / "runs" / name / "checkpoints")
     study.run_study(cfg)  # everything is in study.json: nothing is trained or sampled again
     assert study.load_state(cfg.out)["results"] == state["results"]
     report.unlink()

@@ -688,11 +688,13 @@ def _fail(state: dict[str, Any], out: Path, name: str, what: str, line: str, inf
 
 def run_unit(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, step: int, reference: Path,
              info: DistInfo) -> None:
-    """Train ``name`` to ``step`` and evaluate it there (an evaluation already in study.json is kept)."""
+    """Train ``name`` to ``step`` and evaluate it there. An evaluation already in study.json is kept and needs no
+    training (so a finished study committed without its checkpoints does not retrain)."""
     plan, result = state["plan"][name], _entry_result(state, name)
     run_dir = _run_dir(out, name)
     tic = time.perf_counter()
-    train_to(cfg, plan, run_dir, step)
+    if str(step) not in result["evals"]:
+        train_to(cfg, plan, run_dir, step)
     if info.is_main:  # metrics.jsonl is rank 0's
         result.update(training_record(run_dir, cfg))
     result["status"] = "running"
