@@ -75,6 +75,7 @@ def test_study_runs_resumes_without_redoing_and_regenerates_report(tmp_path, sta
         assert result["steps_done"] == 4 and len(result["loss_curve"]) >= 2
     assert set(state["results"]["DDT"]["sharing"]) == {"none", "uniform:2", "dp:1"}
     assert state["results"]["DDT"]["sharing"]["uniform:2"]["encoder_calls"] == 1
+    assert state["results"]["DDT"]["sharing"]["dp:1"]["encoder_steps"] == [0]
     assert "sharing" not in state["results"]["DiT"] or not state["results"]["DiT"]["sharing"]
     text = report.read_text()
     assert "| DiT |" in text and "| DDT |" in text and "FID @2" in text and "uniform:2" in text

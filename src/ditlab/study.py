@@ -750,6 +750,8 @@ def run_sharing(cfg: StudyConfig, state: dict[str, Any], out: Path, name: str, r
                           info=info)
         row.update(sharing=spec, calibration_seconds=calibration,
                    encoder_calls=_encoder_calls(spec, share, cfg.sampler_steps))
+        if isinstance(share, list):  # the DP's solution: the evaluations at which the encoder runs
+            row["encoder_steps"] = share
         result["sharing"][spec] = row
         _add_time(state, "sharing_seconds", time.perf_counter() - tic + calibration)
         _save(out, state, info)
