@@ -241,6 +241,7 @@ def test_torchrun_study_splits_sampling_and_scores_like_one_process(tmp_path, mo
     cmd += [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("report: ") == 1  # rank 0 alone speaks
     state = study.load_state(out)
     row = state["results"]["DiT"]["evals"]["2"]
     assert row["processes"] == 2 and row["samples"] == 7 and state["results"]["DiT"]["status"] == "done"

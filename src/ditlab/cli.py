@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 
@@ -143,6 +144,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from .study import RECIPES, StudyConfig, resolve_config, run_study
     from .study_report import write_report
+    from .utils.distributed import shutdown
 
     if args.list_recipes:
         for name, spec in RECIPES.items():
@@ -156,8 +158,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
         overrides["add_entries"] = args.add_entry
     if args.share_ratios:
         overrides["share_ratios"] = args.share_ratios
-    report = run_study(resolve_config(overrides))
-    print(f"report: {report}")
+    try:
+        report = run_study(resolve_config(overrides))
+    finally:
+        shutdown()  # an undestroyed gloo/nccl group can abort the process at interpreter exit
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"report: {report}")
     return 0
 
 
