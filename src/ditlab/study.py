@@ -201,14 +201,13 @@ class StudyConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # A smoke run (minutes on 2 cores): tiny models, two budgets, few samples.
+    # A smoke run (56 s on 2 quiet cores, measured): tiny models, two budgets, few samples.
     "quick": dict(image_size=16, depth=4, num_heads=2, width=48, steps=40, global_batch=16, evals=2,
                   fid_samples=32, sampler_steps=10, sample_batch=64, reference_images=128, share_ratios=[2],
                   ckpt_every=20, ema_decay=0.99),
-    # <= 3 h on this 2-core machine, an estimate (not yet timed end to end on a quiet machine): training at the
-    # measured fp32 138-262 img/s (10-19 min per entry), the FID Inception at the measured 10.9 img/s (~15 min
-    # for 2000 reference + 16 x 500 sample images), sampling ~15 min. 16 px Fashion-MNIST: 64 tokens at p=2 and
-    # 256 for DiffuSSM (the 4x ratio of ImageNet-256 latents at p=2).
+    # 81 min on this 2-core machine, measured end to end (BENCHMARKS.md; the budget is 3 h): 55 min training
+    # (137-251 img/s per entry), 22 min sampling + FID Inception, 4 min DDT sharing. 16 px Fashion-MNIST: 64
+    # tokens at p=2 and 256 for DiffuSSM (the 4x ratio of ImageNet-256 latents at p=2).
     "cpu": dict(image_size=16, depth=6, num_heads=4, width=128, steps=2400, global_batch=64, evals=3,
                 lr_scale=2.0, fid_samples=500, sampler_steps=50, reference_images=2000, share_ratios=[2, 4]),
     # About 1 h of one H100/H200 (an estimate: ~36 GFLOP per training image, not yet measured on a GPU): DiT-S/2
