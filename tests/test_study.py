@@ -109,6 +109,22 @@ def test_training_record_wall_clock_and_median_window(tmp_path):
     assert record["train_img_per_s"] == pytest.approx(16 * 30 / 12) and record["train_img_per_s_median"] == 160
 
 
+def test_rank_zero_errors_reach_the_other_ranks_as_one_liners(monkeypatch):
+    """What rank 0's work raised is raised on rank 1 too: a settings error as itself (one CLI line on every
+    rank), anything else as a RuntimeError naming rank 0; the result itself is shared."""
+    rank1 = study.DistInfo(1, 1, 2, torch.device("cpu"))
+    sent = {}
+    monkeypatch.setattr(study, "broadcast_object", lambda obj: sent["box"])
+    sent["box"] = (None, ("ValueError", "runs/s holds a study with other settings (steps=99)"))
+    with pytest.raises(ValueError, match=r"^runs/s holds a study with other settings \(steps=99\)$"):
+        study.on_main(rank1, lambda: pytest.fail("only rank 0 works"))
+    sent["box"] = (None, ("KeyError", "'plan'"))
+    with pytest.raises(RuntimeError, match="^on rank 0: KeyError: 'plan'$"):
+        study.on_main(rank1, lambda: pytest.fail("only rank 0 works"))
+    sent["box"] = ({"plan": 1}, None)
+    assert study.on_main(rank1, lambda: pytest.fail("only rank 0 works")) == {"plan": 1}
+
+
 def test_interrupted_study_continues_to_the_same_numbers(tmp_path, stand_in, monkeypatch):
     reference = study.run_study(tiny(tmp_path / "a"))
     evaluate = study.evaluate_at

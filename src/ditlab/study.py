@@ -454,20 +454,27 @@ def one_process(cfg: StudyConfig) -> DistInfo:
     return DistInfo(0, 0, 1, torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")))
 
 
+# Errors the CLI reports in one line: re-raised as themselves on the other ranks, so every rank says one line.
+_ONE_LINE_ERRORS = {cls.__name__: cls for cls in (ValueError, FileNotFoundError)}
+
+
 def on_main(info: DistInfo, work: Callable[[], Any]) -> Any:
     """``work()`` on rank 0; its result on every rank, or its exception raised on every rank (so that no rank
     waits in a collective that another has left)."""
-    result, error, line = None, None, None
+    result, error, failure = None, None, None
     if info.is_main:
         try:
             result = work()
-        except Exception as err:  # noqa: BLE001 (its line goes to every rank, raised below)
-            error, line = err, f"{type(err).__name__}: {err}"
-    result, line = broadcast_object((result, line))
+        except Exception as err:  # noqa: BLE001 (its type and message go to every rank, raised below)
+            error, failure = err, (type(err).__name__, str(err))
+    result, failure = broadcast_object((result, failure))
     if error is not None:
         raise error
-    if line is not None:
-        raise RuntimeError(f"on rank 0: {line}")
+    if failure is not None:
+        name, message = failure
+        if name in _ONE_LINE_ERRORS:
+            raise _ONE_LINE_ERRORS[name](message)
+        raise RuntimeError(f"on rank 0: {name}: {message}")
     return result
 
 
